@@ -1,0 +1,728 @@
+//! The TLV keybag (`BackupKeyBag` in `Manifest.plist`) and class-key unlocking.
+//!
+//! Layout: a flat run of `tag[4] | u32be length | value` records. The header
+//! comes first; the second `UUID` (or a class-only tag) starts the first class
+//! record, and every later `UUID` starts another. Unknown tags are kept and
+//! written back, so a keybag we re-encode is byte-identical to what we read.
+
+use std::collections::BTreeMap;
+
+use crate::kdf::{KdfLimits, KdfParams};
+use crate::wrap::{device_seal, device_unseal, unwrap_key, wrap_key, WRAPPED_LEN};
+use crate::{DeviceKey, Error, Key256, Passkey, ProtectionClass, Result};
+
+/// A four-character record tag.
+pub type Tag = [u8; 4];
+
+/// `WRAP` bit: sealed with the device key 0x835.
+pub const WRAP_DEVICE: u32 = 1;
+/// `WRAP` bit: wrapped with the password/passcode key.
+pub const WRAP_PASSCODE: u32 = 2;
+
+/// Keybag `TYPE` values (after masking the flag bits).
+pub mod kind {
+    /// A device's system keybag.
+    pub const SYSTEM: u32 = 0;
+    /// An iTunes/Finder backup keybag.
+    pub const BACKUP: u32 = 1;
+    /// An escrow keybag.
+    pub const ESCROW: u32 = 2;
+    /// An iCloud (OTA) backup keybag.
+    pub const ICLOUD: u32 = 3;
+}
+
+/// One class-key record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassKeyRecord {
+    /// `UUID` of the class key.
+    pub uuid: Option<Vec<u8>>,
+    /// `CLAS` as stored (may carry high bits).
+    pub class_raw: u32,
+    /// `WRAP`: bit 0 device key, bit 1 password key.
+    pub wrap: u32,
+    /// `KTYP`: 0 AES, 1 Curve25519.
+    pub ktyp: Option<u32>,
+    /// `WPKY`: the wrapped class key.
+    pub wpky: Vec<u8>,
+    /// `PBKY`: public key of an asymmetric class.
+    pub pbky: Option<Vec<u8>>,
+    /// Unknown tags, kept in order.
+    pub extra: Vec<(Tag, Vec<u8>)>,
+}
+
+impl ClassKeyRecord {
+    /// The protection class with high bits masked off.
+    pub fn class(&self) -> ProtectionClass {
+        ProtectionClass::masked(self.class_raw)
+    }
+}
+
+/// A parsed keybag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keybag {
+    /// `VERS`.
+    pub version: Option<u32>,
+    /// `TYPE` as stored (see [`Keybag::kind`]).
+    pub type_raw: Option<u32>,
+    /// The keybag `UUID` (16 bytes).
+    pub uuid: Option<Vec<u8>>,
+    /// `HMCK`.
+    pub hmck: Option<Vec<u8>>,
+    /// Keybag-level `WRAP`.
+    pub wrap: Option<u32>,
+    /// `SALT` (PBKDF2-SHA1 salt).
+    pub salt: Option<Vec<u8>>,
+    /// `ITER` (PBKDF2-SHA1 count).
+    pub iter: Option<u32>,
+    /// `DPWT`.
+    pub dpwt: Option<u32>,
+    /// `DPIC` (PBKDF2-SHA256 count).
+    pub dpic: Option<u32>,
+    /// `DPSL` (PBKDF2-SHA256 salt).
+    pub dpsl: Option<Vec<u8>>,
+    /// Unknown header tags, kept in order.
+    pub extra: Vec<(Tag, Vec<u8>)>,
+    /// Class-key records in file order.
+    pub classes: Vec<ClassKeyRecord>,
+}
+
+fn tag_str(tag: &Tag) -> String {
+    String::from_utf8_lossy(tag).into_owned()
+}
+
+fn be32(tag: &Tag, offset: usize, v: &[u8]) -> Result<u32> {
+    let arr: [u8; 4] = v.try_into().map_err(|_| Error::KeybagBadLength {
+        tag: tag_str(tag),
+        offset,
+        len: v.len(),
+        expected: "4",
+    })?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+fn exact(tag: &Tag, offset: usize, v: &[u8], n: usize, expected: &'static str) -> Result<Vec<u8>> {
+    if v.len() != n {
+        return Err(Error::KeybagBadLength {
+            tag: tag_str(tag),
+            offset,
+            len: v.len(),
+            expected,
+        });
+    }
+    Ok(v.to_vec())
+}
+
+fn nonempty(tag: &Tag, offset: usize, v: &[u8]) -> Result<Vec<u8>> {
+    if v.is_empty() || v.len() > 256 {
+        return Err(Error::KeybagBadLength {
+            tag: tag_str(tag),
+            offset,
+            len: v.len(),
+            expected: "1 to 256",
+        });
+    }
+    Ok(v.to_vec())
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, tag: &Tag, offset: usize) -> Result<()> {
+    if slot.is_some() {
+        return Err(Error::KeybagBadLength {
+            tag: tag_str(tag),
+            offset,
+            len: 0,
+            expected: "a single occurrence per record (duplicate tag)",
+        });
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// A class record under construction.
+#[derive(Default)]
+struct PartialClass {
+    offset: usize,
+    uuid: Option<Vec<u8>>,
+    class_raw: Option<u32>,
+    wrap: Option<u32>,
+    ktyp: Option<u32>,
+    wpky: Option<Vec<u8>>,
+    pbky: Option<Vec<u8>>,
+    extra: Vec<(Tag, Vec<u8>)>,
+}
+
+impl PartialClass {
+    fn finish(self) -> Result<ClassKeyRecord> {
+        let at = |what| Error::KeybagBadLength {
+            tag: what,
+            offset: self.offset,
+            len: 0,
+            expected: "present in every class record",
+        };
+        Ok(ClassKeyRecord {
+            uuid: self.uuid,
+            class_raw: self.class_raw.ok_or_else(|| at("CLAS".into()))?,
+            wrap: self.wrap.unwrap_or(0),
+            ktyp: self.ktyp,
+            wpky: self.wpky.ok_or_else(|| at("WPKY".into()))?,
+            pbky: self.pbky,
+            extra: self.extra,
+        })
+    }
+}
+
+impl Keybag {
+    /// Parses a TLV keybag. Unknown tags are kept; malformed records are errors.
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        let mut kb = Keybag::default();
+        let mut current: Option<PartialClass> = None;
+        let mut off = 0usize;
+        while off < data.len() {
+            if data.len() - off < 8 {
+                return Err(Error::KeybagTruncated {
+                    offset: off,
+                    needed: 8,
+                    available: data.len() - off,
+                });
+            }
+            let tag: Tag = data[off..off + 4].try_into().expect("4 bytes");
+            if !tag.iter().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(Error::KeybagBadTag { offset: off, tag });
+            }
+            let len =
+                u32::from_be_bytes(data[off + 4..off + 8].try_into().expect("4 bytes")) as usize;
+            let start = off + 8;
+            if data.len() - start < len {
+                return Err(Error::KeybagTruncated {
+                    offset: off,
+                    needed: len + 8,
+                    available: data.len() - off,
+                });
+            }
+            let v = &data[start..start + len];
+            let class_tag = matches!(&tag, b"CLAS" | b"KTYP" | b"WPKY" | b"PBKY");
+            let new_class = (&tag == b"UUID" && (kb.uuid.is_some() || current.is_some()))
+                || (class_tag && current.is_none());
+            if new_class {
+                if let Some(done) = current.take() {
+                    kb.classes.push(done.finish()?);
+                }
+                current = Some(PartialClass {
+                    offset: off,
+                    ..Default::default()
+                });
+            }
+            match current.as_mut() {
+                Some(c) => match &tag {
+                    b"UUID" => set_once(&mut c.uuid, exact(&tag, off, v, 16, "16")?, &tag, off)?,
+                    b"CLAS" => set_once(&mut c.class_raw, be32(&tag, off, v)?, &tag, off)?,
+                    b"WRAP" => set_once(&mut c.wrap, be32(&tag, off, v)?, &tag, off)?,
+                    b"KTYP" => set_once(&mut c.ktyp, be32(&tag, off, v)?, &tag, off)?,
+                    b"WPKY" => set_once(&mut c.wpky, nonempty(&tag, off, v)?, &tag, off)?,
+                    b"PBKY" => set_once(&mut c.pbky, nonempty(&tag, off, v)?, &tag, off)?,
+                    _ => c.extra.push((tag, v.to_vec())),
+                },
+                None => match &tag {
+                    b"VERS" => set_once(&mut kb.version, be32(&tag, off, v)?, &tag, off)?,
+                    b"TYPE" => set_once(&mut kb.type_raw, be32(&tag, off, v)?, &tag, off)?,
+                    b"UUID" => set_once(&mut kb.uuid, exact(&tag, off, v, 16, "16")?, &tag, off)?,
+                    b"HMCK" => set_once(&mut kb.hmck, v.to_vec(), &tag, off)?,
+                    b"WRAP" => set_once(&mut kb.wrap, be32(&tag, off, v)?, &tag, off)?,
+                    b"SALT" => set_once(&mut kb.salt, nonempty(&tag, off, v)?, &tag, off)?,
+                    b"ITER" => set_once(&mut kb.iter, be32(&tag, off, v)?, &tag, off)?,
+                    b"DPWT" => set_once(&mut kb.dpwt, be32(&tag, off, v)?, &tag, off)?,
+                    b"DPIC" => set_once(&mut kb.dpic, be32(&tag, off, v)?, &tag, off)?,
+                    b"DPSL" => set_once(&mut kb.dpsl, nonempty(&tag, off, v)?, &tag, off)?,
+                    _ => kb.extra.push((tag, v.to_vec())),
+                },
+            }
+            off = start + len;
+        }
+        if let Some(done) = current.take() {
+            kb.classes.push(done.finish()?);
+        }
+        if kb.uuid.is_none() && kb.classes.is_empty() {
+            return Err(Error::KeybagMissing("records (empty keybag)"));
+        }
+        Ok(kb)
+    }
+
+    /// Encodes the keybag. Known tags are written in Apple's order, unknown ones after.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        fn put(out: &mut Vec<u8>, tag: &[u8; 4], v: &[u8]) {
+            out.extend_from_slice(tag);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        fn put32(out: &mut Vec<u8>, tag: &[u8; 4], v: Option<u32>) {
+            if let Some(v) = v {
+                put(out, tag, &v.to_be_bytes());
+            }
+        }
+        fn putb(out: &mut Vec<u8>, tag: &[u8; 4], v: &Option<Vec<u8>>) {
+            if let Some(v) = v {
+                put(out, tag, v);
+            }
+        }
+        let mut out = Vec::new();
+        put32(&mut out, b"VERS", self.version);
+        put32(&mut out, b"TYPE", self.type_raw);
+        putb(&mut out, b"UUID", &self.uuid);
+        putb(&mut out, b"HMCK", &self.hmck);
+        put32(&mut out, b"WRAP", self.wrap);
+        putb(&mut out, b"SALT", &self.salt);
+        put32(&mut out, b"ITER", self.iter);
+        put32(&mut out, b"DPWT", self.dpwt);
+        put32(&mut out, b"DPIC", self.dpic);
+        putb(&mut out, b"DPSL", &self.dpsl);
+        for (t, v) in &self.extra {
+            put(&mut out, t, v);
+        }
+        for c in &self.classes {
+            putb(&mut out, b"UUID", &c.uuid);
+            put(&mut out, b"CLAS", &c.class_raw.to_be_bytes());
+            put(&mut out, b"WRAP", &c.wrap.to_be_bytes());
+            put32(&mut out, b"KTYP", c.ktyp);
+            put(&mut out, b"WPKY", &c.wpky);
+            putb(&mut out, b"PBKY", &c.pbky);
+            for (t, v) in &c.extra {
+                put(&mut out, t, v);
+            }
+        }
+        out
+    }
+
+    /// `TYPE` without its flag bits (see [`kind`]).
+    pub fn kind(&self) -> Option<u32> {
+        self.type_raw.map(|t| t & 0x3FFF_FFFF)
+    }
+
+    /// The keybag UUID as lowercase hyphenated text, as the keychain's `keybag-uuid`.
+    pub fn uuid_string(&self) -> Option<String> {
+        let u = self.uuid.as_ref()?;
+        let h = hex::encode(u);
+        Some(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ))
+    }
+
+    /// KDF parameters. The double KDF is chosen by the presence of `DPSL`/`DPIC`.
+    pub fn kdf_params(&self) -> Result<KdfParams> {
+        let salt = self.salt.clone().ok_or(Error::KeybagMissing("SALT"))?;
+        let iter = self.iter.ok_or(Error::KeybagMissing("ITER"))?;
+        let double = match (&self.dpsl, self.dpic) {
+            (Some(s), Some(c)) => Some((s.clone(), c)),
+            (None, None) => None,
+            (Some(_), None) => return Err(Error::KeybagMissing("DPIC (DPSL is present)")),
+            (None, Some(_)) => return Err(Error::KeybagMissing("DPSL (DPIC is present)")),
+        };
+        Ok(KdfParams { salt, iter, double })
+    }
+
+    /// Derives the passkey from a password, honouring `limits`.
+    pub fn derive_passkey(&self, password: &[u8], limits: &KdfLimits) -> Result<Passkey> {
+        self.kdf_params()?.derive(password, limits)
+    }
+
+    /// Unwraps every class key that `passkey` (and `device_key`, if given) can open.
+    ///
+    /// A wrong passkey is detected by the RFC 3394 integrity check of the first
+    /// password-wrapped class. A wrong *device* key cannot be detected here (that
+    /// layer has no integrity); it shows later as file or item keys that fail to unwrap.
+    pub fn unlock(
+        &self,
+        passkey: &Passkey,
+        device_key: Option<&DeviceKey>,
+    ) -> Result<UnlockedKeybag> {
+        let mut out = UnlockedKeybag::default();
+        let mut verified = false;
+        for rec in &self.classes {
+            let class = rec.class();
+            if rec.ktyp.unwrap_or(0) != 0 {
+                out.sealed
+                    .insert(class, Sealed::UnsupportedKeyType(rec.ktyp.unwrap_or(0)));
+                continue;
+            }
+            let mut key = if rec.wrap & WRAP_PASSCODE != 0 {
+                match unwrap_key(passkey, &rec.wpky) {
+                    Ok(k) => {
+                        verified = true;
+                        k
+                    }
+                    Err(Error::UnwrapFailed) if !verified => return Err(Error::WrongPassword),
+                    Err(e) => {
+                        out.sealed.insert(class, Sealed::Damaged(e.to_string()));
+                        continue;
+                    }
+                }
+            } else if rec.wpky.len() == 32 {
+                Key256::from_slice(&rec.wpky).expect("32 bytes")
+            } else {
+                out.sealed.insert(
+                    class,
+                    Sealed::Damaged(format!("WPKY of {} bytes", rec.wpky.len())),
+                );
+                continue;
+            };
+            if rec.wrap & WRAP_DEVICE != 0 {
+                match device_key {
+                    Some(dk) => key = device_unseal(dk, &key),
+                    None => {
+                        out.sealed.insert(class, Sealed::NeedsDeviceKey);
+                        continue;
+                    }
+                }
+            }
+            out.keys.insert(class, key);
+        }
+        if !verified {
+            return Err(Error::KeybagMissing(
+                "password-wrapped class key (cannot check the password)",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A fresh backup keybag for `password`, with Apple's WRAP pattern: classes
+    /// 1–4 and 6–8 under the password (WRAP=2); 5 and 9–11 under the password and
+    /// `device_key` (WRAP=3), so ThisDeviceOnly keys open only with that device.
+    ///
+    /// `dpic` is the PBKDF2-SHA256 count (Apple: 10,000,000). Returns the keybag
+    /// and its unlocked keys (including the sealed classes, which the writer knows).
+    pub fn new_backup(
+        password: &[u8],
+        device_key: &DeviceKey,
+        dpic: u32,
+    ) -> Result<(Keybag, UnlockedKeybag)> {
+        let mut kb = Keybag {
+            version: Some(5),
+            type_raw: Some(kind::BACKUP),
+            uuid: Some(random_vec(16)),
+            hmck: Some(vec![0; 40]),
+            wrap: Some(0),
+            salt: Some(random_vec(20)),
+            iter: Some(10_000),
+            dpwt: Some(1),
+            dpic: Some(dpic),
+            dpsl: Some(random_vec(20)),
+            extra: Vec::new(),
+            classes: Vec::new(),
+        };
+        let passkey = kb.derive_passkey(
+            password,
+            &KdfLimits {
+                max_dpic: u32::MAX,
+                max_iter: u32::MAX,
+            },
+        )?;
+        let mut unlocked = UnlockedKeybag::default();
+        for class in 1..=11u32 {
+            let key = Key256::random();
+            let device_bound = class == 5 || (9..=11).contains(&class);
+            let wrap = if device_bound {
+                WRAP_DEVICE | WRAP_PASSCODE
+            } else {
+                WRAP_PASSCODE
+            };
+            let inner = if device_bound {
+                device_seal(device_key, &key)
+            } else {
+                key.clone()
+            };
+            kb.classes.push(ClassKeyRecord {
+                uuid: Some(random_vec(16)),
+                class_raw: class,
+                wrap,
+                ktyp: Some(0),
+                wpky: wrap_key(&passkey, &inner).to_vec(),
+                pbky: None,
+                extra: Vec::new(),
+            });
+            unlocked.keys.insert(ProtectionClass(class), key);
+        }
+        Ok((kb, unlocked))
+    }
+}
+
+fn random_vec(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut v);
+    v
+}
+
+/// Why a class key is not available.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sealed {
+    /// Wrapped with the device key 0x835, which was not supplied.
+    NeedsDeviceKey,
+    /// An asymmetric or unknown key type.
+    UnsupportedKeyType(u32),
+    /// The record does not unwrap although the password is right.
+    Damaged(String),
+}
+
+/// Class keys recovered from a keybag.
+#[derive(Default)]
+pub struct UnlockedKeybag {
+    keys: BTreeMap<ProtectionClass, Key256>,
+    sealed: BTreeMap<ProtectionClass, Sealed>,
+}
+
+impl std::fmt::Debug for UnlockedKeybag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockedKeybag")
+            .field("available", &self.keys.keys().collect::<Vec<_>>())
+            .field("sealed", &self.sealed)
+            .finish()
+    }
+}
+
+/// Length of a persistent wrapped key: `u32le class` + 40-byte KW blob.
+pub const PERSISTENT_KEY_LEN: usize = 4 + WRAPPED_LEN;
+
+impl UnlockedKeybag {
+    /// The key of `class`, or why it is unavailable.
+    pub fn key(&self, class: ProtectionClass) -> Result<&Key256> {
+        if let Some(k) = self.keys.get(&class) {
+            return Ok(k);
+        }
+        match self.sealed.get(&class) {
+            Some(Sealed::NeedsDeviceKey) => Err(Error::NeedsDeviceKey(class)),
+            Some(Sealed::UnsupportedKeyType(k)) => {
+                Err(Error::UnsupportedKeyType { class, ktyp: *k })
+            }
+            Some(Sealed::Damaged(_)) => Err(Error::UnwrapFailed),
+            None => Err(Error::NoClassKey(class)),
+        }
+    }
+
+    /// Classes whose keys are available.
+    pub fn available(&self) -> impl Iterator<Item = ProtectionClass> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// Classes whose keys are not available, with the reason.
+    pub fn sealed(&self) -> impl Iterator<Item = (ProtectionClass, &Sealed)> + '_ {
+        self.sealed.iter().map(|(c, s)| (*c, s))
+    }
+
+    /// Unwraps a persistent key (`u32le class ‖ KW(classkey, key)`, 44 bytes),
+    /// as stored in MBFile `EncryptionKey` and `ManifestKey`.
+    pub fn unwrap_persistent(&self, data: &[u8]) -> Result<Key256> {
+        if data.len() != PERSISTENT_KEY_LEN {
+            return Err(Error::WrappedKeyLength(data.len().saturating_sub(4)));
+        }
+        let class =
+            ProtectionClass::masked(u32::from_le_bytes(data[..4].try_into().expect("4 bytes")));
+        unwrap_key(self.key(class)?, &data[4..])
+    }
+
+    /// Wraps `key` under `class` as a 44-byte persistent key.
+    pub fn wrap_persistent(
+        &self,
+        class: ProtectionClass,
+        key: &Key256,
+    ) -> Result<[u8; PERSISTENT_KEY_LEN]> {
+        let mut out = [0u8; PERSISTENT_KEY_LEN];
+        out[..4].copy_from_slice(&class.0.to_le_bytes());
+        out[4..].copy_from_slice(&wrap_key(self.key(class)?, key));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(tag: &[u8; 4], v: &[u8]) -> Vec<u8> {
+        let mut o = tag.to_vec();
+        o.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        o.extend_from_slice(v);
+        o
+    }
+
+    /// The synthetic bag of spec §13 vector 2: zero salts, every class key zero.
+    fn spec_bag(passkey: &Passkey) -> Vec<u8> {
+        let zero = Key256::from_bytes([0; 32]);
+        let mut b = [
+            rec(b"VERS", &5u32.to_be_bytes()),
+            rec(b"TYPE", &1u32.to_be_bytes()),
+            rec(b"UUID", &[1; 16]),
+            rec(b"HMCK", &[0; 40]),
+            rec(b"WRAP", &0u32.to_be_bytes()),
+            rec(b"SALT", &[0; 20]),
+            rec(b"ITER", &10_000u32.to_be_bytes()),
+            rec(b"DPWT", &1u32.to_be_bytes()),
+            rec(b"DPIC", &10_000_000u32.to_be_bytes()),
+            rec(b"DPSL", &[0; 20]),
+        ]
+        .concat();
+        for class in 1..=4u32 {
+            b.extend(rec(b"UUID", &[class as u8; 16]));
+            b.extend(rec(b"CLAS", &class.to_be_bytes()));
+            b.extend(rec(b"WRAP", &2u32.to_be_bytes()));
+            b.extend(rec(b"KTYP", &0u32.to_be_bytes()));
+            b.extend(rec(b"WPKY", &wrap_key(passkey, &zero)));
+        }
+        b
+    }
+
+    // Spec §13 vector 2: password "0000", zero salts, DPIC 10M, ITER 10k.
+    #[test]
+    fn spec_vector_kdf_and_unwrap() {
+        let params = KdfParams {
+            salt: vec![0; 20],
+            iter: 10_000,
+            double: Some((vec![0; 20], 10_000_000)),
+        };
+        let passkey = params.derive(b"0000", &KdfLimits::default()).unwrap();
+        assert_eq!(
+            passkey.to_hex(),
+            "ec8edc160b5745ccae000bfb4787630f322821191fba7eea38feab2c6307cd9b"
+        );
+        let kb = Keybag::parse(&spec_bag(&passkey)).unwrap();
+        assert_eq!(kb.kdf_params().unwrap(), params);
+        let unlocked = kb.unlock(&passkey, None).unwrap();
+        let mk = hex::decode("0200000097317494343807e690fd1e431413963dc0e3deb4907fb89fa36ce65126d0ea1301381fb3a2941e2f").unwrap();
+        let dbkey = unlocked.unwrap_persistent(&mk).unwrap();
+        assert_eq!(dbkey.as_bytes(), &[0u8; 32]);
+    }
+
+    #[test]
+    fn parse_round_trip_and_unknown_tags() {
+        let pk = Passkey::from_bytes([7; 32]);
+        let mut raw = spec_bag(&pk);
+        raw.extend(rec(b"ZZZZ", b"kept"));
+        let kb = Keybag::parse(&raw).unwrap();
+        assert_eq!(kb.classes.len(), 4);
+        assert_eq!(kb.classes[3].extra, vec![(*b"ZZZZ", b"kept".to_vec())]);
+        assert_eq!(kb.to_bytes(), raw);
+        assert_eq!(
+            kb.uuid_string().unwrap(),
+            "01010101-0101-0101-0101-010101010101"
+        );
+        assert_eq!(kb.kind(), Some(kind::BACKUP));
+    }
+
+    #[test]
+    fn masks_type_and_class_bits() {
+        let raw = [
+            rec(b"VERS", &4u32.to_be_bytes()),
+            rec(b"TYPE", &0x4000_0001u32.to_be_bytes()),
+            rec(b"UUID", &[1; 16]),
+            rec(b"UUID", &[2; 16]),
+            rec(b"CLAS", &0x20u32.wrapping_add(3).to_be_bytes()),
+            rec(b"WPKY", &[0; 40]),
+        ]
+        .concat();
+        let kb = Keybag::parse(&raw).unwrap();
+        assert_eq!(kb.kind(), Some(kind::BACKUP));
+        assert_eq!(kb.classes[0].class(), ProtectionClass(3));
+    }
+
+    #[test]
+    fn wrong_password_detected() {
+        let pk = Passkey::from_bytes([7; 32]);
+        let kb = Keybag::parse(&spec_bag(&pk)).unwrap();
+        assert!(matches!(
+            kb.unlock(&Passkey::from_bytes([8; 32]), None),
+            Err(Error::WrongPassword)
+        ));
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_clear_errors() {
+        let pk = Passkey::from_bytes([7; 32]);
+        let good = spec_bag(&pk);
+        // Truncated mid-record.
+        let e = Keybag::parse(&good[..good.len() - 3]).unwrap_err();
+        assert!(matches!(e, Error::KeybagTruncated { .. }), "{e}");
+        // Length field pointing past the end.
+        let mut bad = good.clone();
+        bad[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            Keybag::parse(&bad),
+            Err(Error::KeybagTruncated { .. })
+        ));
+        // Non-ASCII tag.
+        let mut bad = good.clone();
+        bad[0] = 0xff;
+        let e = Keybag::parse(&bad).unwrap_err();
+        assert!(matches!(e, Error::KeybagBadTag { offset: 0, .. }), "{e}");
+        // Known tag with the wrong length.
+        let e = Keybag::parse(&rec(b"VERS", &[0; 3])).unwrap_err();
+        assert!(e.to_string().contains("VERS"), "{e}");
+        // Trailing bytes shorter than a header.
+        let mut bad = good.clone();
+        bad.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            Keybag::parse(&bad),
+            Err(Error::KeybagTruncated { .. })
+        ));
+        // Class record without WPKY; duplicate tags; empty input.
+        let bad = [
+            rec(b"UUID", &[1; 16]),
+            rec(b"UUID", &[2; 16]),
+            rec(b"CLAS", &[0, 0, 0, 1]),
+        ]
+        .concat();
+        assert!(Keybag::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("WPKY"));
+        let bad = [rec(b"VERS", &[0, 0, 0, 1]), rec(b"VERS", &[0, 0, 0, 1])].concat();
+        assert!(Keybag::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
+        assert!(matches!(Keybag::parse(&[]), Err(Error::KeybagMissing(_))));
+        // Huge DPIC is refused before any work.
+        let mut kb = Keybag::parse(&good).unwrap();
+        kb.dpic = Some(4_000_000_000);
+        assert!(matches!(
+            kb.derive_passkey(b"x", &KdfLimits::default()),
+            Err(Error::KdfTooExpensive { .. })
+        ));
+        kb.dpsl = None;
+        assert!(matches!(kb.kdf_params(), Err(Error::KeybagMissing(_))));
+    }
+
+    #[test]
+    fn new_backup_keybag_unlocks_with_wrap_pattern() {
+        let dk = DeviceKey::random();
+        let (kb, keys) = Keybag::new_backup(b"pw", &dk, 1000).unwrap();
+        let parsed = Keybag::parse(&kb.to_bytes()).unwrap();
+        assert_eq!(parsed, kb);
+        let wraps: Vec<u32> = kb.classes.iter().map(|c| c.wrap).collect();
+        assert_eq!(wraps, vec![2, 2, 2, 2, 3, 2, 2, 2, 3, 3, 3]);
+        let pk = kb.derive_passkey(b"pw", &KdfLimits::default()).unwrap();
+        let without = kb.unlock(&pk, None).unwrap();
+        assert!(matches!(
+            without.key(ProtectionClass(9)),
+            Err(Error::NeedsDeviceKey(_))
+        ));
+        assert_eq!(
+            without.key(ProtectionClass(6)).unwrap(),
+            keys.key(ProtectionClass(6)).unwrap()
+        );
+        let with = kb.unlock(&pk, Some(&dk)).unwrap();
+        for c in 1..=11 {
+            assert_eq!(
+                with.key(ProtectionClass(c)).unwrap(),
+                keys.key(ProtectionClass(c)).unwrap()
+            );
+        }
+        let fk = Key256::random();
+        let p = with.wrap_persistent(ProtectionClass(3), &fk).unwrap();
+        assert_eq!(&p[..4], &3u32.to_le_bytes());
+        assert_eq!(without.unwrap_persistent(&p).unwrap(), fk);
+        assert!(matches!(
+            with.key(ProtectionClass(12)),
+            Err(Error::NoClassKey(_))
+        ));
+    }
+}
