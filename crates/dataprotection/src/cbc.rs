@@ -114,7 +114,7 @@ pub fn encrypt_padded(key: &Key256, data: &[u8]) -> Vec<u8> {
 
 /// Decrypts a whole buffer and strips PKCS7 padding.
 pub fn decrypt_padded(key: &Key256, mut data: Vec<u8>) -> Result<Vec<u8>> {
-    if data.is_empty() || data.len() % BLOCK != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(BLOCK) {
         return Err(Error::CiphertextLength(data.len() as u64));
     }
     Decryptor::new(key).decrypt(&mut data)?;
