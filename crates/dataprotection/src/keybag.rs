@@ -448,6 +448,50 @@ impl Keybag {
     }
 }
 
+impl Keybag {
+    /// A keybag for an *unencrypted* backup, shaped like the device-made ones
+    /// (spec §3.4): no `DPSL`/`DPIC`, classes 1–4 WRAP=2 and 5–11 WRAP=3. Its
+    /// password layer uses a random key that is thrown away, so nothing in an
+    /// unencrypted backup's keychain can be opened off-device (as on iOS).
+    pub fn new_unencrypted_backup(device_key: &DeviceKey) -> Keybag {
+        let ephemeral = Passkey::random();
+        let mut kb = Keybag {
+            version: Some(5),
+            type_raw: Some(kind::BACKUP),
+            uuid: Some(random_vec(16)),
+            hmck: Some(vec![0; 40]),
+            wrap: Some(0),
+            salt: Some(random_vec(20)),
+            iter: Some(10_000),
+            ..Default::default()
+        };
+        for class in 1..=11u32 {
+            let key = Key256::random();
+            let device_bound = class >= 5;
+            let wrap = if device_bound {
+                WRAP_DEVICE | WRAP_PASSCODE
+            } else {
+                WRAP_PASSCODE
+            };
+            let inner = if device_bound {
+                device_seal(device_key, &key)
+            } else {
+                key
+            };
+            kb.classes.push(ClassKeyRecord {
+                uuid: Some(random_vec(16)),
+                class_raw: class,
+                wrap,
+                ktyp: Some(0),
+                wpky: wrap_key(&ephemeral, &inner).to_vec(),
+                pbky: None,
+                extra: Vec::new(),
+            });
+        }
+        kb
+    }
+}
+
 fn random_vec(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut v);
@@ -724,5 +768,14 @@ mod tests {
             with.key(ProtectionClass(12)),
             Err(Error::NoClassKey(_))
         ));
+    }
+
+    #[test]
+    fn unencrypted_backup_keybag_shape() {
+        let kb = Keybag::new_unencrypted_backup(&DeviceKey::random());
+        assert!(kb.dpic.is_none() && kb.dpsl.is_none());
+        let wraps: Vec<u32> = kb.classes.iter().map(|c| c.wrap).collect();
+        assert_eq!(wraps, vec![2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(Keybag::parse(&kb.to_bytes()).unwrap(), kb);
     }
 }
