@@ -23,10 +23,14 @@ pub struct Decryptor(cbc::Decryptor<aes::Aes256>);
 impl Decryptor {
     /// A decryptor with the all-zero IV.
     pub fn new(key: &Key256) -> Self {
-        Self(cbc::Decryptor::new(
-            key.as_bytes().into(),
-            &[0u8; 16].into(),
-        ))
+        Self::with_iv(key, &[0u8; BLOCK])
+    }
+
+    /// A decryptor starting at an arbitrary chaining value: to decrypt block `i`
+    /// alone, pass ciphertext block `i - 1` (how a reader learns the padding, and
+    /// so the plaintext length, before streaming a large blob).
+    pub fn with_iv(key: &Key256, iv: &[u8; BLOCK]) -> Self {
+        Self(cbc::Decryptor::new(key.as_bytes().into(), iv.into()))
     }
 
     /// Decrypts `buf` in place; its length must be a multiple of 16.
