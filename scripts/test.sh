@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of keybag on a fresh machine: installs the third-party readers
+# the tests compare against (iphone_backup_decrypt, mvt) into venvs under
+# target/py, checks formatting and lints, then runs the whole test suite.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+# Third-party readers, each in its own venv (mvt pins an older iphone_backup_decrypt).
+while IFS='=' read -r key value; do
+    case "$key" in KEYBAG_PY_IBD|KEYBAG_PY_MVT) export "$key=$value" ;; esac
+done < <(scripts/pyenv.sh)
+: "${KEYBAG_PY_IBD:?pyenv.sh did not report the iphone_backup_decrypt venv}"
+: "${KEYBAG_PY_MVT:?pyenv.sh did not report the mvt venv}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
