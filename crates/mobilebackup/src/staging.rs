@@ -1,0 +1,118 @@
+//! A staging folder beside the destination, renamed into place when complete.
+//!
+//! A crash or error never leaves anything at the destination that looks like a
+//! finished backup: until [`Staging::commit`], all work sits in a hidden
+//! `.<name>.keybag-partial-<random>` folder next to it, removed on drop.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// A staging folder for `dest`.
+#[derive(Debug)]
+pub struct Staging {
+    dir: Option<tempfile::TempDir>,
+    dest: PathBuf,
+}
+
+impl Staging {
+    /// Creates the staging folder. `dest` must not exist yet.
+    pub fn new(dest: &Path) -> Result<Self> {
+        if std::fs::symlink_metadata(dest).is_ok() {
+            return Err(Error::malformed(
+                dest,
+                "already exists; choose a new folder",
+            ));
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::malformed(dest, "has no folder name"))?
+            .to_string_lossy()
+            .into_owned();
+        std::fs::create_dir_all(&parent).map_err(Error::io(&parent))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".{name}.keybag-partial-"))
+            .tempdir_in(&parent)
+            .map_err(Error::io(&parent))?;
+        Ok(Self {
+            dir: Some(dir),
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// The staging folder.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("present until commit").path()
+    }
+
+    /// The final destination.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Writes `name` inside the staging folder through a temp file and a rename.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let target = self.path().join(name);
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(self.path()).map_err(Error::io(self.path()))?;
+        std::io::Write::write_all(&mut tmp, bytes).map_err(Error::io(&target))?;
+        tmp.persist(&target)
+            .map_err(|e| Error::io(&target)(e.error))?;
+        Ok(())
+    }
+
+    /// Moves the staging folder to the destination (atomic on one file system).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if std::fs::symlink_metadata(&self.dest).is_ok() {
+            return Err(Error::malformed(
+                &self.dest,
+                "appeared while we were writing; left untouched",
+            ));
+        }
+        let dir = self.dir.take().expect("present until commit");
+        let path = dir.keep();
+        if let Err(e) = std::fs::rename(&path, &self.dest) {
+            let _ = std::fs::remove_dir_all(&path);
+            return Err(Error::io(&self.dest)(e));
+        }
+        Ok(self.dest.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_and_drop() {
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("out");
+        let s = Staging::new(&dest).unwrap();
+        s.write("a", b"1").unwrap();
+        assert!(!dest.exists());
+        assert!(s
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".out.keybag-partial-"));
+        s.commit().unwrap();
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"1");
+        assert!(Staging::new(&dest).is_err(), "existing destination refused");
+        let dest2 = parent.path().join("out2");
+        {
+            let s = Staging::new(&dest2).unwrap();
+            s.write("a", b"1").unwrap();
+        }
+        assert!(!dest2.exists());
+        assert_eq!(
+            std::fs::read_dir(parent.path()).unwrap().count(),
+            1,
+            "staging removed on drop"
+        );
+    }
+}
