@@ -10,6 +10,7 @@
 //!   [`layout`] holds fileIDs, blob paths and the path-safety rules.
 
 pub mod blob;
+pub mod bplist_guard;
 pub mod decrypt;
 mod error;
 pub mod extract;

@@ -25,6 +25,7 @@ pub fn read_dict(path: &Path) -> Result<Dictionary> {
         ));
     }
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    crate::bplist_guard::check(&bytes).map_err(|e| Error::malformed(path, e))?;
     match Value::from_reader(std::io::Cursor::new(bytes)) {
         Ok(Value::Dictionary(d)) => Ok(d),
         Ok(_) => Err(Error::malformed(path, "not a plist dictionary")),
@@ -190,5 +191,30 @@ impl StatusPlist {
             is_full_backup: d.get("IsFullBackup").and_then(Value::as_boolean),
             version: string(d, "Version"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_plists_are_refused_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("Manifest.plist");
+        // 2^41 nodes once expanded: the plist crate alone would never finish.
+        std::fs::write(&p, crate::bplist_guard::tests::doubling(40)).unwrap();
+        let e = read_dict(&p).unwrap_err().to_string();
+        assert!(e.contains("Manifest.plist") && e.contains("expands"), "{e}");
+        std::fs::write(&p, b"not a plist").unwrap();
+        assert!(read_dict(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a property list"));
+        std::fs::write(&p, b"<?xml version=\"1.0\"?><plist><array/></plist>").unwrap();
+        assert!(read_dict(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a plist dictionary"));
     }
 }
