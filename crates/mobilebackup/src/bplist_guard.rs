@@ -52,7 +52,7 @@ pub fn check(data: &[u8]) -> Result<(), String> {
         let o = offset(i)?;
         let marker = data[o];
         let kind = marker >> 4;
-        if !matches!(kind, 0xA | 0xB | 0xC | 0xD) {
+        if !(0xA..=0xD).contains(&kind) {
             return Ok(Vec::new());
         }
         let mut len = (marker & 0x0F) as u64;
