@@ -25,7 +25,10 @@ pub struct Row {
 /// rollback-journal mode with 4096-byte pages, as iOS writes it.
 pub fn build(rows: &[Row]) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
     let mut conn = Connection::open_in_memory()?;
-    conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = DELETE;")?;
+    // temp_store: SQLite must not spill plaintext to a temp file.
+    conn.execute_batch(
+        "PRAGMA page_size = 4096; PRAGMA temp_store = MEMORY; PRAGMA journal_mode = DELETE;",
+    )?;
     conn.execute_batch(SCHEMA)?;
     let tx = conn.transaction()?;
     {

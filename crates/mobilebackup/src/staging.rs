@@ -16,13 +16,10 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Creates the staging folder. `dest` must not exist yet.
+    /// Creates the staging folder. `dest` must not exist yet and its parent must.
     pub fn new(dest: &Path) -> Result<Self> {
         if std::fs::symlink_metadata(dest).is_ok() {
-            return Err(Error::malformed(
-                dest,
-                "already exists; choose a new folder",
-            ));
+            return Err(already_exists(dest));
         }
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -33,7 +30,16 @@ impl Staging {
             .ok_or_else(|| Error::malformed(dest, "has no folder name"))?
             .to_string_lossy()
             .into_owned();
-        std::fs::create_dir_all(&parent).map_err(Error::io(&parent))?;
+        // Missing parents are not created: a mistyped path should fail, not grow a tree.
+        if !parent.is_dir() {
+            return Err(Error::Io {
+                path: parent,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the output folder's parent does not exist or is not a folder",
+                ),
+            });
+        }
         let dir = tempfile::Builder::new()
             .prefix(&format!(".{name}.keybag-partial-"))
             .tempdir_in(&parent)
@@ -65,21 +71,34 @@ impl Staging {
         Ok(())
     }
 
+    /// Leaves the staging folder in place and hands it to the caller (for tests).
+    pub fn keep(mut self) -> PathBuf {
+        self.dir.take().expect("present until commit").keep()
+    }
+
     /// Moves the staging folder to the destination (atomic on one file system).
+    /// Fails, removing the staging folder, if the destination appeared meanwhile.
     pub fn commit(mut self) -> Result<PathBuf> {
-        if std::fs::symlink_metadata(&self.dest).is_ok() {
-            return Err(Error::malformed(
-                &self.dest,
-                "appeared while we were writing; left untouched",
-            ));
-        }
         let dir = self.dir.take().expect("present until commit");
+        if std::fs::symlink_metadata(&self.dest).is_ok() {
+            return Err(already_exists(&self.dest));
+        }
         let path = dir.keep();
         if let Err(e) = std::fs::rename(&path, &self.dest) {
             let _ = std::fs::remove_dir_all(&path);
             return Err(Error::io(&self.dest)(e));
         }
         Ok(self.dest.clone())
+    }
+}
+
+fn already_exists(path: &Path) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "already exists; refusing to write a backup over it",
+        ),
     }
 }
 
@@ -103,6 +122,10 @@ mod tests {
         s.commit().unwrap();
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"1");
         assert!(Staging::new(&dest).is_err(), "existing destination refused");
+        assert!(
+            Staging::new(&parent.path().join("no/such/parent")).is_err(),
+            "parents are not created"
+        );
         let dest2 = parent.path().join("out2");
         {
             let s = Staging::new(&dest2).unwrap();

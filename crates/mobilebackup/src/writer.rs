@@ -25,7 +25,6 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -41,8 +40,10 @@ use sha1::{Digest, Sha1};
 use zeroize::Zeroizing;
 
 use crate::layout;
+use crate::manifestdb;
 use crate::mbfile::{self, MbFile};
 use crate::plists::DeviceInfo;
+use crate::staging::Staging;
 use crate::{Error, Result};
 
 /// Size of the chunks file contents are read, encrypted and written in (1 MiB).
@@ -307,7 +308,8 @@ struct BlobInfo {
 /// Dropping a writer without a successful [`finish`](Self::finish) removes its staging folder.
 pub struct BackupWriter {
     out_dir: PathBuf,
-    staging: PathBuf,
+    /// `None` only after `finish` handed it on.
+    staging: Option<Staging>,
     device: Device,
     date: SystemTime,
     passcode_set: bool,
@@ -319,15 +321,13 @@ pub struct BackupWriter {
     /// Rows by fileID; `None` while a record's blob is being written (reserves the fileID).
     rows: Mutex<BTreeMap<String, Option<Row>>>,
     next_inode: AtomicU64,
-    /// Remove the staging folder on drop.
-    armed: bool,
 }
 
 impl fmt::Debug for BackupWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackupWriter")
             .field("out_dir", &self.out_dir)
-            .field("staging", &self.staging)
+            .field("staging", &self.staging.as_ref().map(Staging::path))
             .field("encrypted", &self.unlocked.is_some())
             .finish_non_exhaustive()
     }
@@ -341,26 +341,7 @@ impl BackupWriter {
     /// folder `<parent>/.<name>.keybag-partial-<random>`. For encrypted backups this runs the
     /// password KDF once (`dpic` PBKDF2-SHA256 iterations, seconds at Apple's count).
     pub fn create(out_dir: &Path, opts: WriterOptions) -> Result<Self> {
-        if fs::symlink_metadata(out_dir).is_ok() {
-            return Err(already_exists(out_dir));
-        }
-        let name = out_dir
-            .file_name()
-            .ok_or_else(|| Error::malformed(out_dir, "the output folder path has no name"))?;
-        let parent = match out_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !parent.is_dir() {
-            return Err(Error::Io {
-                path: parent,
-                source: io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the output folder's parent does not exist or is not a folder",
-                ),
-            });
-        }
-
+        let staging = Staging::new(out_dir)?;
         let WriterOptions {
             device,
             encryption,
@@ -393,15 +374,9 @@ impl BackupWriter {
             .filter(|a| seen.insert(a.clone()))
             .collect();
 
-        let mut staging_name = OsString::from(".");
-        staging_name.push(name);
-        staging_name.push(format!(".keybag-partial-{}", random_hex(6)));
-        let staging = parent.join(staging_name);
-        fs::create_dir(&staging).map_err(Error::io(&staging))?;
-
         Ok(Self {
             out_dir: out_dir.to_path_buf(),
-            staging,
+            staging: Some(staging),
             device: Device::resolve(device),
             date,
             passcode_set,
@@ -411,7 +386,6 @@ impl BackupWriter {
             device_key,
             rows: Mutex::new(BTreeMap::new()),
             next_inode: AtomicU64::new(INODE_BASE),
-            armed: true,
         })
     }
 
@@ -430,7 +404,7 @@ impl BackupWriter {
 
     /// The staging folder this writer works in (removed on failure or drop).
     pub fn staging_dir(&self) -> &Path {
-        &self.staging
+        self.staging.as_ref().expect("present until finish").path()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Option<Row>>> {
@@ -611,7 +585,7 @@ impl BackupWriter {
         content: Content,
         class: u32,
     ) -> Result<BlobInfo> {
-        let final_path = layout::blob_path(&self.staging, file_id).expect("file_id is valid");
+        let final_path = layout::blob_path(self.staging_dir(), file_id).expect("file_id is valid");
         let dir = final_path.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let tmp = dir.join(format!(".{file_id}.partial"));
@@ -730,14 +704,14 @@ impl BackupWriter {
 
         // Manifest.db, built and (for encrypted backups) encrypted in memory.
         let db = build_manifest_db(&rows)
-            .map_err(|e| io_other(self.staging.join(layout::MANIFEST_DB), e))?;
+            .map_err(|e| io_other(self.staging_dir().join(layout::MANIFEST_DB), e))?;
         let manifest_key = match &self.unlocked {
             Some(unlocked) => {
                 let db_key = Key256::random();
                 let wrapped = unlocked
                     .wrap_persistent(ProtectionClass::NONE, &db_key)
                     .map_err(|source| Error::Crypto {
-                        path: self.staging.join(layout::MANIFEST_PLIST),
+                        path: self.staging_dir().join(layout::MANIFEST_PLIST),
                         source,
                     })?;
                 let ciphertext = cbc::encrypt_padded(&db_key, &db);
@@ -753,29 +727,24 @@ impl BackupWriter {
 
         let manifest = self.manifest_plist(manifest_key, encrypted);
         let bytes = plist_bytes(&manifest, true)
-            .map_err(|e| io_other(self.staging.join(layout::MANIFEST_PLIST), e))?;
+            .map_err(|e| io_other(self.staging_dir().join(layout::MANIFEST_PLIST), e))?;
         self.write_top(layout::MANIFEST_PLIST, &bytes, log)?;
 
         let info = self.info_plist()?;
         let bytes = plist_bytes(&info, false)
-            .map_err(|e| io_other(self.staging.join(layout::INFO_PLIST), e))?;
+            .map_err(|e| io_other(self.staging_dir().join(layout::INFO_PLIST), e))?;
         self.write_top(layout::INFO_PLIST, &bytes, log)?;
 
         let status = self.status_plist();
         let bytes = plist_bytes(&status, true)
-            .map_err(|e| io_other(self.staging.join(layout::STATUS_PLIST), e))?;
+            .map_err(|e| io_other(self.staging_dir().join(layout::STATUS_PLIST), e))?;
         self.write_top(layout::STATUS_PLIST, &bytes, log)?;
 
+        let staging = self.staging.take().expect("present until finish");
         if !rename {
-            self.armed = false;
-            return Ok(self.staging.clone());
+            return Ok(staging.keep());
         }
-        if fs::symlink_metadata(&self.out_dir).is_ok() {
-            return Err(already_exists(&self.out_dir));
-        }
-        fs::rename(&self.staging, &self.out_dir).map_err(Error::io(&self.out_dir))?;
-        self.armed = false;
-        Ok(self.out_dir.clone())
+        staging.commit()
     }
 
     /// All rows, sorted by (domain, relativePath), plus the missing parent-directory and
@@ -843,10 +812,10 @@ impl BackupWriter {
         bytes: &[u8],
         log: &mut Vec<&'static str>,
     ) -> Result<()> {
-        let tmp = self.staging.join(format!(".{name}.partial"));
-        let dest = self.staging.join(name);
-        fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
-        fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
+        self.staging
+            .as_ref()
+            .expect("present until finish")
+            .write(name, bytes)?;
         log.push(name);
         Ok(())
     }
@@ -905,7 +874,7 @@ impl BackupWriter {
             meta.insert("bundleShortVersionString".into(), "1.0".into());
             meta.insert("bundleVersion".into(), "1.0".into());
             let meta = plist_bytes(&meta, true)
-                .map_err(|e| io_other(self.staging.join(layout::INFO_PLIST), e))?;
+                .map_err(|e| io_other(self.staging_dir().join(layout::INFO_PLIST), e))?;
             let mut a = Dictionary::new();
             a.insert(
                 "ApplicationSINF".into(),
@@ -952,41 +921,21 @@ impl BackupWriter {
     }
 }
 
-impl Drop for BackupWriter {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_dir_all(&self.staging);
-        }
-    }
-}
-
 /// Builds `Manifest.db` in memory (nothing touches the disk) and returns the SQLite file bytes.
 fn build_manifest_db(
     rows: &BTreeMap<(String, String), Row>,
 ) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
-    let mut conn = rusqlite::Connection::open_in_memory()?;
-    conn.execute_batch("PRAGMA page_size = 4096; PRAGMA temp_store = MEMORY;")?;
-    // An in-memory database answers "memory"; the file header still says rollback journal.
-    let _mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-    conn.execute_batch(layout::SCHEMA)?;
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare(
-            "INSERT INTO Files (fileID, domain, relativePath, flags, file) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for ((domain, path), row) in rows {
-            stmt.execute(rusqlite::params![
-                layout::file_id(domain, path),
-                domain,
-                path,
-                row.flags,
-                mbfile::encode(&row.file),
-            ])?;
-        }
-    }
-    tx.commit()?;
-    let data = conn.serialize("main")?;
-    Ok(Zeroizing::new(data.to_vec()))
+    let rows: Vec<manifestdb::Row> = rows
+        .iter()
+        .map(|((domain, path), row)| manifestdb::Row {
+            file_id: layout::file_id(domain, path),
+            domain: domain.clone(),
+            relative_path: path.clone(),
+            flags: row.flags,
+            file: mbfile::encode(&row.file),
+        })
+        .collect();
+    manifestdb::build(&rows)
 }
 
 /// Serialises a dictionary as a binary or XML plist.
@@ -1013,16 +962,6 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-fn already_exists(path: &Path) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source: io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "already exists; refusing to write a backup over it",
-        ),
-    }
 }
 
 fn io_other(path: PathBuf, e: impl fmt::Display) -> Error {
