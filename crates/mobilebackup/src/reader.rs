@@ -419,14 +419,12 @@ impl Backup {
             path: self.manifest_plist_path(),
             source: e,
         })?;
+        // Without valid padding (tools that re-encrypt without it, spec P18) the whole
+        // length is read; `manifest_db` loads whole pages only, so SQLite never sees junk.
         let reader = BlobReader::encrypted(&path, &dbkey).map_err(|e| match e {
             Error::DamagedBlob { path, reason } => Error::Malformed { path, reason },
             e => e,
         })?;
-        if !reader.padding_ok() {
-            // PMD and some tools re-encrypt without padding (spec P18); SQLite
-            // ignores a partial trailing page, so read the whole length.
-        }
         Ok(reader)
     }
 

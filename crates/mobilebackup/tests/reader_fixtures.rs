@@ -176,3 +176,97 @@ fn encrypted_fixture_password_kdf_and_wrong_password() {
     let e = b.derive_passkey(b"x", &tight).unwrap_err();
     assert!(e.to_string().contains("cap"), "{e}");
 }
+
+/// Copies a fixture folder into a temp dir so a test can damage it.
+fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join(name);
+    let src = testdata(name);
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).unwrap();
+        let to = dst.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    (tmp, dst)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+// Spec P18: some tools re-encrypt Manifest.db without PKCS7 padding.
+#[test]
+fn unpadded_manifest_db_is_still_read() {
+    let exp = expected();
+    let (_tmp, dir) = copy_fixture("enc-small-public");
+    let key = dataprotection::Key256::from_hex(exp["manifest_key"]["db_key_hex"].as_str().unwrap())
+        .unwrap();
+    let db = dir.join("Manifest.db");
+    let plain = dataprotection::cbc::decrypt_padded(&key, std::fs::read(&db).unwrap()).unwrap();
+    assert_eq!(plain.len() % 4096, 0);
+    let mut unpadded = plain.clone();
+    dataprotection::cbc::Encryptor::new(&key)
+        .encrypt(&mut unpadded)
+        .unwrap();
+    std::fs::write(&db, &unpadded).unwrap();
+    let mut b = Backup::open(&dir).unwrap();
+    b.unlock_with_passkey(&passkey(&exp), None).unwrap();
+    assert_eq!(b.catalog().unwrap().records.len(), 40);
+}
+
+#[test]
+fn damaged_manifest_db_and_manifest_plist_give_clear_errors() {
+    let exp = expected();
+    // Encrypted Manifest.db with a flipped byte in its first block.
+    let (_tmp, dir) = copy_fixture("enc-small-public");
+    let db = dir.join("Manifest.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[3] ^= 0xff;
+    std::fs::write(&db, &bytes).unwrap();
+    let mut b = Backup::open(&dir).unwrap();
+    b.unlock_with_passkey(&passkey(&exp), None).unwrap();
+    let e = b.catalog().unwrap_err().to_string();
+    assert!(
+        e.contains("Manifest.db") && e.contains("did not decrypt"),
+        "{e}"
+    );
+    // Truncated to a length that is not a multiple of 16.
+    std::fs::write(&db, &bytes[..bytes.len() - 7]).unwrap();
+    let e = b.catalog().unwrap_err().to_string();
+    assert!(
+        e.contains("Manifest.db") && e.contains("multiple of 16"),
+        "{e}"
+    );
+    // Manifest.plist is not a plist.
+    std::fs::write(dir.join("Manifest.plist"), b"garbage").unwrap();
+    let e = Backup::open(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("Manifest.plist") && e.contains("not a property list"),
+        "{e}"
+    );
+    // Not a backup at all, and the legacy format.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Backup::open(empty.path()),
+        Err(Error::NotABackup { .. })
+    ));
+    std::fs::write(empty.path().join("Manifest.mbdb"), b"mbdb\x05\x00").unwrap();
+    assert!(matches!(
+        Backup::open(empty.path()),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        Backup::open(dir.join("Manifest.plist")),
+        Err(Error::NotABackup { .. })
+    ));
+}
