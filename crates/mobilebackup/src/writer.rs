@@ -75,7 +75,7 @@ pub struct WriterOptions {
     pub device: DeviceInfo,
     /// `Some` for an encrypted backup, `None` for an unencrypted one.
     pub encryption: Option<Encryption>,
-    /// Backup date (`Manifest.plist` `Date`, `Info.plist` `Last Backup Date`,
+    /// Backup date, truncated to whole seconds (`Manifest.plist` `Date`, `Info.plist` `Last Backup Date`,
     /// `Status.plist` `Date`, and the times of the directory rows the writer adds).
     pub date: SystemTime,
     /// `Manifest.plist` `WasPasscodeSet`.
@@ -349,6 +349,8 @@ impl BackupWriter {
             passcode_set,
             applications,
         } = opts;
+        // Whole seconds: Python's plistlib (mvt) rejects fractional seconds in XML dates.
+        let date = UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds(date).max(0) as u64);
         let (keybag, unlocked, device_key) = match encryption {
             Some(enc) => {
                 let device_key = enc.device_key.clone().unwrap_or_else(DeviceKey::random);
@@ -1927,5 +1929,18 @@ mod tests {
             }
         }
         assert_eq!(n, 300);
+    }
+
+    #[test]
+    fn plist_dates_are_whole_seconds_for_python_readers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("b");
+        let opts = WriterOptions {
+            date: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            ..WriterOptions::default()
+        };
+        BackupWriter::create(&out, opts).unwrap().finish().unwrap();
+        let info = std::fs::read_to_string(out.join(layout::INFO_PLIST)).unwrap();
+        assert!(info.contains("<date>2023-11-14T22:13:20Z</date>"), "{info}");
     }
 }

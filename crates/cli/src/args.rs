@@ -1,0 +1,165 @@
+//! Command-line syntax (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shown after every `--help`: exit codes and where secrets come from.
+pub const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  any other error (I/O, no password available, output folder exists, ...)
+  2  usage error (bad command line, invalid --derived-key or --device-key)
+  3  some files are damaged, missing or unreadable; everything else was done
+  4  not a backup, or a format this version does not read (Manifest.plist,
+     keybag, Manifest.db)
+  5  wrong password or derived key
+
+The password of an encrypted backup is read from --password-file FILE (first
+line; '-' reads stdin), else from the KEYBAG_PASSWORD environment variable,
+else from a prompt when stdin is a terminal. It is never accepted as an
+argument. --derived-key/--derived-key-file (the 32-byte key mvt and other tools
+save) skip the slow password derivation.";
+
+/// Open, audit and extract encrypted iPhone (iTunes/Finder) backups.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keybag",
+    version,
+    long_about = "Open, audit and extract iPhone backups made by iTunes or Finder, \
+                  encrypted or not (iOS 10.2 and later).\n\n\
+                  Start with `keybag demo` to see every step on the sample backup shipped \
+                  with the source.",
+    after_help = AFTER_HELP,
+    arg_required_else_help = true,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Device, date, encryption and content statistics of a backup.
+    #[command(after_help = AFTER_HELP)]
+    Info {
+        #[command(flatten)]
+        backup: BackupArgs,
+    },
+    /// List records as DOMAIN/PATH, sorted by domain then path.
+    #[command(after_help = AFTER_HELP)]
+    Ls {
+        #[command(flatten)]
+        backup: BackupArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Also show kind, size, protection class, mode (octal) and mtime (UTC).
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Extract files into OUTDIR/<domain>/<relativePath>.
+    #[command(after_help = AFTER_HELP)]
+    Extract {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// Output folder (created if needed; existing files are replaced).
+        #[arg(value_name = "OUTDIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Write one file's content to stdout.
+    #[command(after_help = AFTER_HELP)]
+    Cat {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// The record's domain, e.g. HomeDomain.
+        domain: String,
+        /// The record's relativePath, e.g. Library/SMS/sms.db.
+        path: String,
+    },
+    /// Write an unencrypted copy of an encrypted backup to OUTDIR (which must not exist).
+    #[command(after_help = AFTER_HELP)]
+    Decrypt {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// The new backup folder.
+        #[arg(value_name = "OUTDIR")]
+        out: PathBuf,
+    },
+    /// Check the password and Manifest.db, bad records and missing blobs;
+    /// with --deep, decrypt every file too.
+    #[command(after_help = AFTER_HELP)]
+    Verify {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// Read and decrypt every file (in parallel) to find damaged ones.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// A guided tour on the encrypted sample backup shipped with the source.
+    Demo,
+}
+
+/// The backup folder and how to unlock it; shared by every command that reads a backup.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup folder (the one holding Manifest.db, usually named after the UDID).
+    #[arg(value_name = "BACKUP")]
+    pub dir: PathBuf,
+
+    /// Machine-readable output on stdout (errors still go to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read the password from the first line of FILE ('-' = stdin).
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Unlocking",
+        conflicts_with_all = ["derived_key", "derived_key_file"]
+    )]
+    pub password_file: Option<PathBuf>,
+
+    /// The 32-byte derived key as 64 hex digits (skips the password KDF).
+    #[arg(
+        long,
+        value_name = "HEX",
+        help_heading = "Unlocking",
+        conflicts_with = "derived_key_file"
+    )]
+    pub derived_key: Option<String>,
+
+    /// Read the derived key from FILE (64 hex digits, or 32 raw bytes).
+    #[arg(long, value_name = "FILE", help_heading = "Unlocking")]
+    pub derived_key_file: Option<PathBuf>,
+
+    /// The device key 0x835 as 32 hex digits: opens classes sealed to the original device.
+    #[arg(
+        long,
+        value_name = "HEX",
+        help_heading = "Unlocking",
+        conflicts_with = "device_key_file"
+    )]
+    pub device_key: Option<String>,
+
+    /// Read the device key 0x835 from FILE (32 hex digits, or 16 raw bytes).
+    #[arg(long, value_name = "FILE", help_heading = "Unlocking")]
+    pub device_key_file: Option<PathBuf>,
+}
+
+/// Record selection for `ls` and `extract`.
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    /// Only records whose domain matches this glob (e.g. HomeDomain, 'AppDomain-*').
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+
+    /// Only records whose relativePath matches this glob ('*' stays within one
+    /// folder, '**' crosses folders), e.g. 'Library/SMS/**'.
+    #[arg(long, value_name = "GLOB")]
+    pub path: Option<String>,
+}
