@@ -13,6 +13,16 @@ done < <(scripts/pyenv.sh)
 : "${KEYBAG_PY_IBD:?pyenv.sh did not report the iphone_backup_decrypt venv}"
 : "${KEYBAG_PY_MVT:?pyenv.sh did not report the mvt venv}"
 
+# Headless Chromium renders `keybag audit --html` in the tests (Debian's package).
+if ! command -v chromium >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+KEYBAG_CHROMIUM="$(command -v chromium)"
+export KEYBAG_CHROMIUM
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

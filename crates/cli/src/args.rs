@@ -100,8 +100,60 @@ pub enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// What a backup holds and what it cannot: what a new iPhone will not get
+    /// back, password cost and strength, encrypted-only data, integrity.
+    #[command(
+        long_about = crate::commands::audit::LONG_ABOUT,
+        after_help = AFTER_HELP
+    )]
+    Audit {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// Also write the report as one self-contained HTML page to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Do not read the blobs: only check that they exist (no digests, padding or sizes).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Change an encrypted backup's password: re-wrap its class keys under the
+    /// new one, with fresh salts (files untouched).
+    #[command(
+        long_about = crate::commands::passwd::LONG_ABOUT,
+        after_help = AFTER_HELP
+    )]
+    Passwd {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// Read the new password from the first line of FILE ('-' = stdin).
+        #[arg(long, value_name = "FILE", help_heading = "New password")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List keychain items: passwords, internet passwords, certificates and keys
+    /// (secrets hidden unless --show-secrets).
+    #[command(after_help = AFTER_HELP)]
+    Keychain {
+        #[command(flatten)]
+        backup: BackupArgs,
+        /// Show the secrets (passwords) in the table or JSON.
+        #[arg(long)]
+        show_secrets: bool,
+        /// `table` (default), or `csv`: name,url,username,password,note, which password
+        /// managers import. CSV holds the passwords in plaintext and needs --show-secrets.
+        #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "json")]
+        format: Option<KeychainFormat>,
+    },
     /// A guided tour on the encrypted sample backup shipped with the source.
     Demo,
+}
+
+/// Output formats of `keybag keychain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeychainFormat {
+    /// A table for people.
+    Table,
+    /// CSV for password managers (name,url,username,password,note).
+    Csv,
 }
 
 /// The backup folder and how to unlock it; shared by every command that reads a backup.

@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 mod exit;
+mod html;
 mod output;
 mod progress;
 mod secrets;
@@ -37,6 +38,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => commands::cat::run(&backup, &domain, &path),
         Command::Decrypt { backup, out } => commands::decrypt::run(&backup, &out),
         Command::Verify { backup, deep } => commands::verify::run(&backup, deep),
+        Command::Audit {
+            backup,
+            html,
+            quick,
+        } => commands::audit::run(&backup, html.as_deref(), quick),
+        Command::Passwd {
+            backup,
+            new_password_file,
+        } => commands::passwd::run(&backup, new_password_file.as_deref()),
+        Command::Keychain {
+            backup,
+            show_secrets,
+            format,
+        } => commands::keychain::run(&backup, show_secrets, format),
         Command::Demo => commands::demo::run(),
     }
 }

@@ -31,6 +31,18 @@ pub struct Keys {
     device: Option<DeviceKey>,
 }
 
+impl Keys {
+    /// The derived key given, if any (for commands that need the passkey itself).
+    pub fn take_derived(&mut self) -> Option<Passkey> {
+        self.derived.take()
+    }
+
+    /// The device key 0x835 given, if any.
+    pub fn take_device(&mut self) -> Option<DeviceKey> {
+        self.device.take()
+    }
+}
+
 /// Parses `text` as exactly `N` bytes of hex; the message never quotes the input.
 fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<Secret<N>> {
     let text = text.trim();
@@ -104,34 +116,35 @@ fn first_line(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(line.to_vec())
 }
 
-fn read_password_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+/// The first line of FILE ('-' = stdin) given to `option`; an empty line is an error.
+pub fn read_password_file(path: &Path, option: &str) -> Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_BYTES as usize + 1));
     let name = if path == Path::new("-") {
         std::io::stdin()
             .lock()
             .take(MAX_PASSWORD_BYTES)
             .read_to_end(&mut buf)
-            .context("--password-file -: reading stdin")?;
+            .with_context(|| format!("{option} -: reading stdin"))?;
         "stdin".to_string()
     } else {
         std::fs::File::open(path)
             .and_then(|f| f.take(MAX_PASSWORD_BYTES).read_to_end(&mut buf))
-            .with_context(|| format!("--password-file {}", path.display()))?;
+            .with_context(|| format!("{option} {}", path.display()))?;
         path.display().to_string()
     };
     let pw = first_line(&buf);
     if pw.is_empty() {
         return Err(exit::other(format!(
-            "--password-file {name}: the first line is empty"
+            "{option} {name}: the first line is empty"
         )));
     }
     Ok(pw)
 }
 
 /// The password from `--password-file`, `KEYBAG_PASSWORD` or a terminal prompt.
-fn password(args: &BackupArgs) -> Result<Zeroizing<Vec<u8>>> {
+pub fn password(args: &BackupArgs) -> Result<Zeroizing<Vec<u8>>> {
     if let Some(path) = &args.password_file {
-        return read_password_file(path);
+        return read_password_file(path, "--password-file");
     }
     if let Some(value) = std::env::var_os(PASSWORD_ENV) {
         use std::os::unix::ffi::OsStringExt;
@@ -169,7 +182,15 @@ pub fn unlock(backup: &mut Backup, args: &BackupArgs, keys: Keys) -> Result<()> 
         }
         return Ok(());
     }
-    let passkey = match keys.derived {
+    let passkey = passkey(backup, args, keys.derived)?;
+    backup.unlock_with_passkey(&passkey, keys.device.as_ref())?;
+    Ok(())
+}
+
+/// The passkey of an encrypted backup: `derived` if given, else the password's
+/// (the slow KDF, behind a spinner). It is not checked here.
+pub fn passkey(backup: &Backup, args: &BackupArgs, derived: Option<Passkey>) -> Result<Passkey> {
+    Ok(match derived {
         Some(pk) => pk,
         None => {
             let pw = password(args)?;
@@ -187,9 +208,7 @@ pub fn unlock(backup: &mut Backup, args: &BackupArgs, keys: Keys) -> Result<()> 
             }
             pk?
         }
-    };
-    backup.unlock_with_passkey(&passkey, keys.device.as_ref())?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

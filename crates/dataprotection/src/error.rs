@@ -83,4 +83,7 @@ pub enum Error {
     /// PKCS7 padding is invalid after decryption.
     #[error("invalid PKCS7 padding (wrong key or damaged data)")]
     BadPadding,
+    /// An AES-GCM tag does not match (wrong key or damaged data).
+    #[error("AES-GCM tag mismatch (wrong key or damaged data)")]
+    TagMismatch,
 }

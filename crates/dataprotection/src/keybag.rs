@@ -492,6 +492,76 @@ impl Keybag {
     }
 }
 
+/// Length of the fresh `SALT` and `DPSL` that [`Keybag::rewrap`] writes (Apple's).
+pub const SALT_LEN: usize = 20;
+
+impl Keybag {
+    /// A copy of this keybag for a new password: fresh random `SALT` (and `DPSL`
+    /// when present, i.e. the double KDF is kept or not as it was), `ITER` and
+    /// `DPIC` unchanged, and every password-wrapped (`WRAP` bit 1) class key
+    /// re-wrapped under the new passkey. Everything else is kept byte for byte:
+    /// UUIDs, classes, `WRAP`, `KTYP`, `HMCK`, unknown tags. The class keys
+    /// themselves do not change, so `ManifestKey` and every file key stay valid.
+    ///
+    /// For `WRAP=3` classes only the password layer is replaced: what it wraps
+    /// is the device-sealed key, which is carried over without the device key.
+    ///
+    /// `old` is checked first (a wrong one gives [`Error::WrongPassword`] before
+    /// the slow derivation); `limits` applies to the kept `ITER`/`DPIC`.
+    /// Returns the new keybag and the new passkey (so callers can verify it
+    /// without a second KDF run).
+    pub fn rewrap(
+        &self,
+        old: &Passkey,
+        new_password: &[u8],
+        limits: &KdfLimits,
+    ) -> Result<(Keybag, Passkey)> {
+        self.kdf_params()?.check(limits)?;
+        let inner = self.unwrap_password_layer(old)?;
+        let mut kb = self.clone();
+        kb.salt = Some(random_vec(SALT_LEN));
+        if kb.dpsl.is_some() {
+            kb.dpsl = Some(random_vec(SALT_LEN));
+        }
+        let passkey = kb.derive_passkey(new_password, limits)?;
+        for (rec, key) in kb.classes.iter_mut().zip(&inner) {
+            if let Some(key) = key {
+                rec.wpky = wrap_key(&passkey, key).to_vec();
+            }
+        }
+        Ok((kb, passkey))
+    }
+
+    /// The password layer of every class, in record order: `Some(inner key)`
+    /// for `WRAP` bit 1 records (for `WRAP=3` the still device-sealed key),
+    /// `None` for the others. Any failure is an error: the first
+    /// password-wrapped record failing means a wrong passkey.
+    pub fn unwrap_password_layer(&self, passkey: &Passkey) -> Result<Vec<Option<Key256>>> {
+        let mut verified = false;
+        let mut out = Vec::with_capacity(self.classes.len());
+        for rec in &self.classes {
+            if rec.wrap & WRAP_PASSCODE == 0 {
+                out.push(None);
+                continue;
+            }
+            match unwrap_key(passkey, &rec.wpky) {
+                Ok(k) => {
+                    verified = true;
+                    out.push(Some(k));
+                }
+                Err(Error::UnwrapFailed) if !verified => return Err(Error::WrongPassword),
+                Err(e) => return Err(e),
+            }
+        }
+        if !verified {
+            return Err(Error::KeybagMissing(
+                "password-wrapped class key (cannot check the password)",
+            ));
+        }
+        Ok(out)
+    }
+}
+
 fn random_vec(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut v);
@@ -767,6 +837,104 @@ mod tests {
         assert!(matches!(
             with.key(ProtectionClass(12)),
             Err(Error::NoClassKey(_))
+        ));
+    }
+
+    #[test]
+    fn rewrap_keeps_class_keys_and_everything_but_salts_and_wpky() {
+        let dk = DeviceKey::random();
+        let (mut kb, keys) = Keybag::new_backup(b"old", &dk, 1000).unwrap();
+        kb.extra.push((*b"ZZZZ", b"header".to_vec()));
+        kb.classes[3].extra.push((*b"QQQQ", b"class".to_vec()));
+        // A device-only record (WRAP=1) has no password layer and is left alone.
+        kb.classes.push(ClassKeyRecord {
+            uuid: Some(vec![9; 16]),
+            class_raw: 12,
+            wrap: WRAP_DEVICE,
+            ktyp: Some(0),
+            wpky: vec![5; 32],
+            pbky: None,
+            extra: Vec::new(),
+        });
+        let limits = KdfLimits::default();
+        let old = kb.derive_passkey(b"old", &limits).unwrap();
+        let (new_kb, new_pk) = kb.rewrap(&old, b"new", &limits).unwrap();
+        assert_eq!(new_pk, new_kb.derive_passkey(b"new", &limits).unwrap());
+        assert_eq!(Keybag::parse(&new_kb.to_bytes()).unwrap(), new_kb);
+        // Fresh salts, same counts; every other header field identical.
+        assert_ne!(new_kb.salt, kb.salt);
+        assert_ne!(new_kb.dpsl, kb.dpsl);
+        assert_eq!(new_kb.salt.as_ref().unwrap().len(), SALT_LEN);
+        assert_eq!(new_kb.dpsl.as_ref().unwrap().len(), SALT_LEN);
+        let mut same = new_kb.clone();
+        same.salt.clone_from(&kb.salt);
+        same.dpsl.clone_from(&kb.dpsl);
+        for (a, b) in same.classes.iter_mut().zip(&kb.classes) {
+            if a.wrap & WRAP_PASSCODE != 0 {
+                assert_ne!(a.wpky, b.wpky);
+                a.wpky.clone_from(&b.wpky);
+            }
+        }
+        assert_eq!(
+            same, kb,
+            "only SALT, DPSL and password-wrapped WPKYs change"
+        );
+        assert_eq!(new_kb.classes[11].wpky, vec![5; 32]);
+        // Same class keys (device-sealed ones too), old passkey refused.
+        let unlocked = new_kb.unlock(&new_pk, Some(&dk)).unwrap();
+        for c in 1..=11 {
+            let c = ProtectionClass(c);
+            assert_eq!(unlocked.key(c).unwrap(), keys.key(c).unwrap());
+        }
+        assert!(matches!(
+            new_kb.unlock(&old, None),
+            Err(Error::WrongPassword)
+        ));
+        assert!(matches!(
+            new_kb.rewrap(&old, b"x", &limits),
+            Err(Error::WrongPassword)
+        ));
+    }
+
+    #[test]
+    fn rewrap_legacy_limits_and_damage() {
+        // Legacy single KDF: no DPSL appears.
+        let pk = Passkey::from_bytes([7; 32]);
+        let mut legacy = Keybag::parse(&spec_bag(&pk)).unwrap();
+        legacy.dpic = None;
+        legacy.dpsl = None;
+        legacy.iter = Some(100);
+        let (kb, new_pk) = legacy.rewrap(&pk, b"pw", &KdfLimits::default()).unwrap();
+        assert!(kb.dpsl.is_none() && kb.dpic.is_none());
+        assert_eq!(kb.iter, Some(100));
+        assert_eq!(
+            new_pk,
+            KdfParams {
+                salt: kb.salt.clone().unwrap(),
+                iter: 100,
+                double: None
+            }
+            .derive(b"pw", &KdfLimits::default())
+            .unwrap()
+        );
+        // Counts beyond the caps are refused before any work.
+        let mut big = legacy.clone();
+        big.iter = Some(u32::MAX);
+        assert!(matches!(
+            big.rewrap(&pk, b"pw", &KdfLimits::default()),
+            Err(Error::KdfTooExpensive { .. })
+        ));
+        // A damaged later class is an error, not a silent skip.
+        let mut damaged = legacy.clone();
+        damaged.classes[2].wpky[5] ^= 1;
+        assert!(matches!(
+            damaged.rewrap(&pk, b"pw", &KdfLimits::default()),
+            Err(Error::UnwrapFailed)
+        ));
+        // A wrong old passkey fails before deriving anything.
+        assert!(matches!(
+            legacy.rewrap(&Passkey::from_bytes([8; 32]), b"pw", &KdfLimits::default()),
+            Err(Error::WrongPassword)
         ));
     }
 

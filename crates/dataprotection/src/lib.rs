@@ -12,11 +12,13 @@
 //! * [`wrap`] — RFC 3394 AES key wrap and the device-key (0x835) layer;
 //! * [`cbc`] — streaming AES-256-CBC with a zero IV and PKCS7, the cipher of
 //!   backup blobs and `Manifest.db`;
+//! * [`gcm`] — AES-256-GCM with IVs of any length (keychain items use an empty one);
 //! * [`keys`] and [`class`] — zeroizing key types and protection classes.
 
 pub mod cbc;
 pub mod class;
 mod error;
+pub mod gcm;
 pub mod kdf;
 pub mod keybag;
 pub mod keys;

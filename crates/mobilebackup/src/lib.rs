@@ -9,14 +9,17 @@
 //! * [`mbfile`] is the NSKeyedArchiver codec of `Manifest.db`'s `file` column;
 //!   [`layout`] holds fileIDs, blob paths and the path-safety rules.
 
+pub mod audit;
 pub mod blob;
 pub mod bplist_guard;
 pub mod decrypt;
 mod error;
 pub mod extract;
+pub mod keychain;
 pub mod layout;
 pub mod manifestdb;
 pub mod mbfile;
+pub mod passwd;
 pub mod plists;
 mod reader;
 pub mod staging;

@@ -404,6 +404,16 @@ impl BackupWriter {
         Some(&self.device_key)
     }
 
+    /// Class keys of an encrypted backup (all of 1–11); `None` for an unencrypted one.
+    pub(crate) fn class_keys(&self) -> Option<&UnlockedKeybag> {
+        self.unlocked.as_ref()
+    }
+
+    /// The backup date, Unix seconds.
+    pub(crate) fn backup_date_unix(&self) -> i64 {
+        unix_seconds(self.date)
+    }
+
     /// The staging folder this writer works in (removed on failure or drop).
     pub fn staging_dir(&self) -> &Path {
         self.staging.as_ref().expect("present until finish").path()

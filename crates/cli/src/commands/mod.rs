@@ -1,12 +1,15 @@
 //! One module per command, plus what they share: opening a backup, record
 //! filters and the problem report.
 
+pub mod audit;
 pub mod cat;
 pub mod decrypt;
 pub mod demo;
 pub mod extract;
 pub mod info;
+pub mod keychain;
 pub mod ls;
+pub mod passwd;
 pub mod verify;
 
 use std::io::Write;
