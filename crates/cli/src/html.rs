@@ -183,7 +183,7 @@ fn item_rows(h: &mut String, items: &[KeychainItem]) {
             h,
             "<tr><td>{}</td><td class=\"wrap\">{what}</td><td class=\"wrap\">{account}</td>\
              <td class=\"wrap\">{class}</td><td class=\"mono wrap\">{reference}</td></tr>",
-            escape(&i.kind),
+            escape(i.kind),
         );
     }
     h.push_str("</table>");

@@ -1466,3 +1466,45 @@ fn extract_into_a_file_is_refused_before_asking_anything() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("not a folder"), "{}", out.stderr);
 }
+
+/// A blob changed in its first block still has valid padding: only its `Digest`
+/// shows the change. `verify --deep` (like `audit`) must catch it.
+#[test]
+fn verify_deep_catches_a_digest_mismatch_with_valid_padding() {
+    let (_tmp, b) = fixture_copy(&enc());
+    let blob = blob_of(&b, "a736b045bdc00d2e22b269e370cec43d73a2bfe8"); // NoteStore.sqlite, 4,096 bytes
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[5] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let quick = keybag(with_key(&[os("verify"), b.as_os_str(), os("--json")]));
+    assert_eq!(
+        quick.code, 0,
+        "presence-only check cannot see it: {}",
+        quick.stderr
+    );
+    let deep = keybag(with_key(&[
+        os("verify"),
+        b.as_os_str(),
+        os("--deep"),
+        os("--json"),
+    ]));
+    assert_eq!(deep.code, 3, "{}", deep.stderr);
+    let j = deep.json();
+    assert_eq!(j["digest_mismatches"], 1);
+    assert_eq!(j["damaged"], 1);
+    assert_eq!(j["problems"][0]["kind"], "digest-mismatch");
+    assert!(j["problems"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("NoteStore.sqlite"));
+    // The file still decrypts with valid padding: extraction writes it, silently different.
+    let text = keybag(with_key(&[os("verify"), b.as_os_str(), os("--deep")]));
+    assert_eq!(text.code, 3);
+    assert!(text.text().contains("digest-mismatch"), "{}", text.text());
+    assert!(
+        text.text().contains("differs from the recorded Digest"),
+        "{}",
+        text.text()
+    );
+}

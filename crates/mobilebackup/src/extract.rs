@@ -21,6 +21,8 @@ use crate::{Error, Result};
 pub enum ProblemKind {
     /// The blob is not in the backup.
     Missing,
+    /// The blob's SHA-1 differs from the MBFile `Digest` (changed after the backup).
+    DigestMismatch,
     /// The blob is truncated, undecryptable or badly padded.
     Damaged,
     /// The file's class key is sealed (device key needed) or unavailable.
@@ -38,7 +40,7 @@ impl ProblemKind {
     pub fn is_damage(self) -> bool {
         matches!(
             self,
-            Self::Missing | Self::Damaged | Self::Sealed | Self::BadRecord
+            Self::Missing | Self::DigestMismatch | Self::Damaged | Self::Sealed | Self::BadRecord
         )
     }
 }

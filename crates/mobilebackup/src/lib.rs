@@ -15,6 +15,7 @@ pub mod bplist_guard;
 pub mod decrypt;
 mod error;
 pub mod extract;
+pub mod integrity;
 pub mod keychain;
 pub mod layout;
 pub mod manifestdb;

@@ -215,6 +215,7 @@ pub fn ordered_problems(i: &Integrity) -> Vec<&IntegrityProblem> {
         IntegrityKind::Sealed => 3,
         IntegrityKind::Missing => 4,
         IntegrityKind::SizeMismatch => 5,
+        IntegrityKind::SymlinkSkipped => 6,
     };
     let mut v: Vec<&IntegrityProblem> = i.problems.iter().collect();
     v.sort_by_key(|p| rank(p.kind));

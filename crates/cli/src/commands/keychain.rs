@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
-use mobilebackup::keychain::{self, DerValue, Item, ItemState, Keychain};
+use mobilebackup::keychain::{self, DerValue, Item, ItemState, ItemSummary, Keychain};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -59,55 +59,12 @@ pub struct Counts {
     pub damaged: usize,
 }
 
-/// One item in `--json`.
+/// One item in `--json`: the library's summary plus attributes and, when asked, the secret.
 #[derive(Debug, Serialize)]
 pub struct ItemReport {
-    /// `genp`, `inet`, `cert` or `keys`.
-    pub table: String,
-    /// `password`, `internet password`, `certificate` or `key`.
-    pub kind: &'static str,
-    /// `v_PersistentRef`, hex.
-    pub persistent_ref: String,
-    /// Its rowid.
-    pub rowid: Option<u64>,
-    /// Blob version.
-    pub version: Option<u32>,
-    /// Class id (6–11).
-    pub class: Option<u32>,
-    /// `ak`, `cku`, …
-    pub class_short: Option<&'static str>,
-    /// `kSecAttrAccessible…`.
-    pub class_name: Option<&'static str>,
-    /// Bound to the original device.
-    pub this_device_only: bool,
-    /// Moves to a new device with an encrypted backup.
-    pub migratory: bool,
-    /// `open`, `sealed` or `damaged`.
-    pub state: &'static str,
-    /// Why sealed or damaged.
-    pub reason: Option<String>,
-    /// `agrp`.
-    pub access_group: Option<String>,
-    /// `svce`.
-    pub service: Option<String>,
-    /// `srvr`.
-    pub server: Option<String>,
-    /// `acct`.
-    pub account: Option<String>,
-    /// `labl`.
-    pub label: Option<String>,
-    /// `ptcl` as text.
-    pub protocol: Option<String>,
-    /// `port`.
-    pub port: Option<i64>,
-    /// `path`.
-    pub path: Option<String>,
-    /// `scheme://server[:port]/path` of internet passwords.
-    pub url: Option<String>,
-    /// `cdat`, ISO 8601.
-    pub created: Option<String>,
-    /// `mdat`, ISO 8601.
-    pub modified: Option<String>,
+    /// Table, kind, class, state, names, dates: everything but the secret.
+    #[serde(flatten)]
+    pub summary: ItemSummary,
     /// Every attribute but the secret: data as `{"hex": …}`, dates as ISO 8601.
     pub attributes: BTreeMap<String, Value>,
     /// The secret as text when it is UTF-8 (only with `--show-secrets`).
@@ -139,29 +96,7 @@ pub fn der_json(v: &DerValue) -> Value {
 fn item_report(it: &Item, show_secrets: bool) -> ItemReport {
     let secret = it.secret().filter(|_| show_secrets);
     ItemReport {
-        table: it.table.clone(),
-        kind: it.kind_name(),
-        persistent_ref: hex::encode(&it.persistent_ref),
-        rowid: it.rowid,
-        version: it.version,
-        class: it.class.map(|c| c.0),
-        class_short: it.class.map(|c| c.short_name()),
-        class_name: it.class.map(|c| c.name()),
-        this_device_only: it.this_device_only(),
-        migratory: !it.this_device_only(),
-        state: it.state.name(),
-        reason: it.state.reason().map(str::to_owned),
-        access_group: it.access_group().map(str::to_owned),
-        service: it.service().map(str::to_owned),
-        server: it.server().map(str::to_owned),
-        account: it.account().map(str::to_owned),
-        label: it.label().map(str::to_owned),
-        protocol: it.protocol(),
-        port: it.port(),
-        path: it.path().map(str::to_owned),
-        url: it.url(),
-        created: it.created(),
-        modified: it.modified(),
+        summary: it.summary(),
         attributes: it
             .attributes
             .iter()

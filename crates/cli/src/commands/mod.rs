@@ -105,6 +105,7 @@ pub fn sort_records(records: &mut [Record]) {
 pub fn kind_name(kind: ProblemKind) -> &'static str {
     match kind {
         ProblemKind::Missing => "missing",
+        ProblemKind::DigestMismatch => "digest-mismatch",
         ProblemKind::Damaged => "damaged",
         ProblemKind::Sealed => "sealed",
         ProblemKind::BadRecord => "bad-record",

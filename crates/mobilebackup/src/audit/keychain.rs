@@ -21,52 +21,9 @@ pub enum KeychainStatus {
     Unavailable,
 }
 
-/// One keychain item, without its secret.
-#[derive(Clone, Debug, Serialize)]
-pub struct KeychainItem {
-    /// `genp`, `inet`, `cert` or `keys`.
-    pub table: String,
-    /// `generic password`, `internet password`, …
-    pub kind: String,
-    /// `v_PersistentRef` as hex.
-    pub persistent_ref: String,
-    /// Row id from the persistent ref.
-    pub rowid: Option<u64>,
-    /// Protection class id (from the blob header, known even when sealed).
-    pub class: Option<u32>,
-    /// `aku`, `ck`, …
-    pub class_short: Option<&'static str>,
-    /// `kSecAttrAccessible…`.
-    pub class_name: Option<&'static str>,
-    /// Classes 9–12: bound to the original iPhone.
-    pub this_device_only: bool,
-    /// Classes 6–8: move to another iPhone with an encrypted backup.
-    pub migratory: bool,
-    /// `open`, `sealed` or `damaged`.
-    pub state: &'static str,
-    /// Why it is sealed or damaged.
-    pub reason: Option<String>,
-    /// `agrp`: the app (access group).
-    pub access_group: Option<String>,
-    /// `svce` (generic passwords).
-    pub service: Option<String>,
-    /// `srvr` (internet passwords).
-    pub server: Option<String>,
-    /// `acct`.
-    pub account: Option<String>,
-    /// `labl`.
-    pub label: Option<String>,
-    /// `ptcl` as text (e.g. `imap`).
-    pub protocol: Option<String>,
-    /// `port`.
-    pub port: Option<i64>,
-    /// `path`.
-    pub path: Option<String>,
-    /// `cdat`.
-    pub created: Option<String>,
-    /// `mdat`.
-    pub modified: Option<String>,
-}
+/// One keychain item as the audit shows it: the keychain module's summary, whose
+/// `reason` for sealed items explains the seal in this backup's terms.
+pub type KeychainItem = crate::keychain::ItemSummary;
 
 /// Items of one class.
 #[derive(Clone, Debug, Serialize)]
@@ -141,13 +98,6 @@ struct Loaded {
     items: Vec<KeychainItem>,
 }
 
-fn class_fields(class: Option<ProtectionClass>) -> (bool, bool) {
-    match class {
-        Some(c) => (c.is_this_device_only(), matches!(c.0, 6..=8)),
-        None => (false, false),
-    }
-}
-
 /// Reads the keychain through [`crate::keychain`]. Errors become a reason.
 fn load(backup: &Backup, catalog: &Catalog) -> Result<Option<Loaded>, String> {
     let kc = crate::keychain::read_from_catalog(backup, catalog).map_err(|e| e.to_string())?;
@@ -170,38 +120,11 @@ fn load(backup: &Backup, catalog: &Catalog) -> Result<Option<Loaded>, String> {
         .items
         .iter()
         .map(|it| {
-            let (class, class_short, class_name, this_device_only, migratory) =
-                item_fields(it.class);
-            let reason = match &it.state {
-                crate::keychain::ItemState::Open => None,
-                crate::keychain::ItemState::Sealed { reason } => {
-                    Some(sealed_reason(backup, it.class, reason))
-                }
-                crate::keychain::ItemState::Damaged { reason } => Some(reason.clone()),
-            };
-            KeychainItem {
-                table: it.table.clone(),
-                kind: it.kind_name().to_string(),
-                persistent_ref: hex::encode(&it.persistent_ref),
-                rowid: it.rowid,
-                class,
-                class_short,
-                class_name,
-                this_device_only,
-                migratory,
-                state: it.state.name(),
-                reason,
-                access_group: it.access_group().map(str::to_owned),
-                service: it.service().map(str::to_owned),
-                server: it.server().map(str::to_owned),
-                account: it.account().map(str::to_owned),
-                label: it.label().map(str::to_owned),
-                protocol: it.protocol(),
-                port: it.port(),
-                path: it.path().map(str::to_owned),
-                created: it.created(),
-                modified: it.modified(),
+            let mut summary = it.summary();
+            if let crate::keychain::ItemState::Sealed { reason } = &it.state {
+                summary.reason = Some(sealed_reason(backup, it.class, reason));
             }
+            summary
         })
         .collect();
     Ok(Some(Loaded {
@@ -334,23 +257,4 @@ fn sealed_reason(backup: &Backup, class: Option<ProtectionClass>, own: &str) -> 
     } else {
         own.to_string()
     }
-}
-
-fn item_fields(
-    class: Option<ProtectionClass>,
-) -> (
-    Option<u32>,
-    Option<&'static str>,
-    Option<&'static str>,
-    bool,
-    bool,
-) {
-    let (tdo, mig) = class_fields(class);
-    (
-        class.map(|c| c.0),
-        class.map(|c| c.short_name()),
-        class.map(|c| c.name()),
-        tdo,
-        mig,
-    )
 }

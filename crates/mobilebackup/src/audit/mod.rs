@@ -18,7 +18,6 @@
 //! field names); the CLI renders it as text, JSON or HTML.
 
 mod cost;
-mod integrity;
 mod keychain;
 
 use std::collections::BTreeMap;
@@ -30,8 +29,8 @@ use serde::Serialize;
 use crate::reader::{Backup, Catalog, Record, RecordKind};
 use crate::Result;
 
+pub use crate::integrity::{Integrity, IntegrityKind, IntegrityProblem};
 pub use cost::{human_duration, CrackTime, GuessCost, Kdf, PasswordStrength};
-pub use integrity::{Integrity, IntegrityKind, IntegrityProblem};
 pub use keychain::{KeychainItem, KeychainStatus, KeychainSummary};
 
 /// `domain/relativePath` of the keychain export.
@@ -334,7 +333,7 @@ pub fn audit(backup: &Backup, opts: &AuditOptions) -> Result<AuditReport> {
 /// [`audit`] with `Manifest.db` already read (`backup.catalog()`).
 pub fn audit_catalog(backup: &Backup, catalog: &Catalog, opts: &AuditOptions) -> AuditReport {
     let contents = count(catalog);
-    let integrity = integrity::check(backup, catalog, opts.deep, opts.progress);
+    let integrity = crate::integrity::check(backup, catalog, opts.deep, opts.progress);
     let kc = keychain::read(backup, catalog);
     let dev = backup.device();
     let device = AuditDevice {

@@ -540,3 +540,87 @@ fn from_plist(v: plist::Value, warnings: &mut Vec<String>, key: &str) -> Option<
         }
     })
 }
+
+/// What listings and reports show of an item: every descriptive field, never the
+/// secret. One shape for `keybag keychain --json` and the audit.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ItemSummary {
+    /// `genp`, `inet`, `cert` or `keys`.
+    pub table: String,
+    /// `password`, `internet password`, `certificate` or `key`.
+    pub kind: &'static str,
+    /// `v_PersistentRef`, hex.
+    pub persistent_ref: String,
+    /// Row id from the persistent ref.
+    pub rowid: Option<u64>,
+    /// Blob version.
+    pub version: Option<u32>,
+    /// Protection class id (from the blob header, known even when sealed).
+    pub class: Option<u32>,
+    /// `ak`, `cku`, …
+    pub class_short: Option<&'static str>,
+    /// `kSecAttrAccessible…`.
+    pub class_name: Option<&'static str>,
+    /// Classes 9–12: bound to the original device.
+    pub this_device_only: bool,
+    /// Classes 6–8: move to another device with an encrypted backup.
+    pub migratory: bool,
+    /// `open`, `sealed` or `damaged`.
+    pub state: &'static str,
+    /// Why it is sealed or damaged.
+    pub reason: Option<String>,
+    /// `agrp`: the app (access group).
+    pub access_group: Option<String>,
+    /// `svce` (passwords).
+    pub service: Option<String>,
+    /// `srvr` (internet passwords).
+    pub server: Option<String>,
+    /// `acct`.
+    pub account: Option<String>,
+    /// `labl`.
+    pub label: Option<String>,
+    /// `ptcl` as text (e.g. `imap`).
+    pub protocol: Option<String>,
+    /// `port`.
+    pub port: Option<i64>,
+    /// `path`.
+    pub path: Option<String>,
+    /// `scheme://server[:port]/path` of internet passwords.
+    pub url: Option<String>,
+    /// `cdat`, ISO 8601.
+    pub created: Option<String>,
+    /// `mdat`, ISO 8601.
+    pub modified: Option<String>,
+}
+
+impl Item {
+    /// The item's description without its secret.
+    pub fn summary(&self) -> ItemSummary {
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        ItemSummary {
+            table: self.table.clone(),
+            kind: self.kind_name(),
+            persistent_ref: hex::encode(&self.persistent_ref),
+            rowid: self.rowid,
+            version: self.version,
+            class: self.class.map(|c| c.0),
+            class_short: self.class.map(|c| c.short_name()),
+            class_name: self.class.map(|c| c.name()),
+            this_device_only: self.this_device_only(),
+            migratory: self.class.is_some_and(|c| matches!(c.0, 6..=8)),
+            state: self.state.name(),
+            reason: self.state.reason().map(str::to_owned),
+            access_group: owned(self.access_group()),
+            service: owned(self.service()),
+            server: owned(self.server()),
+            account: owned(self.account()),
+            label: owned(self.label()),
+            protocol: self.protocol(),
+            port: self.port(),
+            path: owned(self.path()),
+            url: self.url(),
+            created: self.created(),
+            modified: self.modified(),
+        }
+    }
+}

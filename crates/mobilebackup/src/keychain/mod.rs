@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 pub use der::{DerDate, DerValue};
-pub use item::{Item, ItemState, MAX_ITEM_BYTES, TABLES};
+pub use item::{Item, ItemState, ItemSummary, MAX_ITEM_BYTES, TABLES};
 pub use writer::NewKeychainItem;
 
 use crate::reader::{Backup, Catalog};

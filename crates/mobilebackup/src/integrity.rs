@@ -1,5 +1,11 @@
-//! Integrity: every blob present, its SHA-1 equal to the recorded `Digest`, its
-//! padding valid and its length equal to `Size`; on all cores.
+//! Integrity of a backup's files: every blob present, its SHA-1 equal to the
+//! recorded `Digest`, its key available, its padding valid and its length equal
+//! to `Size`; on all cores. Used by `keybag verify` and `keybag audit`.
+//!
+//! A deep check reads every blob in full (for the SHA-1) and decrypts its last
+//! block (for the padding, hence the length). Decrypting the rest would find
+//! nothing more: CBC has no integrity of its own, so `Digest` and padding are
+//! all the evidence a backup carries.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,45 +15,14 @@ use serde::Serialize;
 use sha1::{Digest, Sha1};
 
 use crate::blob::CHUNK;
-use crate::extract::{classify, ProblemKind};
+use crate::extract::{classify, Problem, ProblemKind};
 use crate::reader::{Backup, Catalog, Record, RecordKind};
 use crate::Error;
 
-/// What is wrong with one record.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IntegrityKind {
-    /// The blob is not in the backup.
-    Missing,
-    /// The blob's SHA-1 differs from the MBFile `Digest` (changed after the backup).
-    DigestMismatch,
-    /// Truncated, badly padded or undecryptable.
-    Damaged,
-    /// The file's class key is sealed to the device.
-    Sealed,
-    /// Unsafe path, invalid fileID or undecodable MBFile.
-    BadRecord,
-    /// `Size` differs from the real length (a warning: real backups do this).
-    SizeMismatch,
-}
-
-impl IntegrityKind {
-    /// True when data is lost or untrustworthy; false for warnings.
-    pub fn is_damage(self) -> bool {
-        !matches!(self, Self::SizeMismatch)
-    }
-}
-
+/// What is wrong with one record: the same categories as extraction.
+pub type IntegrityKind = ProblemKind;
 /// A problem with one record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IntegrityProblem {
-    /// `domain/relativePath`.
-    pub path: String,
-    /// Category.
-    pub kind: IntegrityKind,
-    /// Detail, naming the blob file where there is one.
-    pub message: String,
-}
+pub type IntegrityProblem = Problem;
 
 /// The integrity section.
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +35,8 @@ pub struct Integrity {
     pub files_read: u64,
     /// Stored (blob) bytes read.
     pub bytes_read: u64,
+    /// Plaintext bytes of the files read (their length from the padding).
+    pub plaintext_bytes: u64,
     /// Files with a 20-byte `Digest` that was compared.
     pub digest_checked: u64,
     /// Blobs absent.
@@ -92,13 +69,7 @@ fn problem(rec: &Record, kind: IntegrityKind, message: String) -> IntegrityProbl
 }
 
 fn from_error(rec: &Record, e: &Error) -> IntegrityProblem {
-    let kind = match classify(e) {
-        ProblemKind::Missing => IntegrityKind::Missing,
-        ProblemKind::Sealed => IntegrityKind::Sealed,
-        ProblemKind::BadRecord => IntegrityKind::BadRecord,
-        _ => IntegrityKind::Damaged,
-    };
-    problem(rec, kind, e.to_string())
+    problem(rec, classify(e), e.to_string())
 }
 
 #[derive(Default)]
@@ -106,6 +77,7 @@ struct FileResult {
     problems: Vec<IntegrityProblem>,
     read: bool,
     digest_checked: bool,
+    plaintext: u64,
 }
 
 /// Presence and key availability only.
@@ -210,6 +182,7 @@ fn deep(backup: &Backup, rec: &Record, bytes: &AtomicU64) -> FileResult {
     }
     match backup.open_file(rec) {
         Ok(reader) => {
+            out.plaintext = reader.len();
             if !reader.padding_ok() {
                 out.problems.push(problem(
                     rec,
@@ -236,8 +209,9 @@ fn deep(backup: &Backup, rec: &Record, bytes: &AtomicU64) -> FileResult {
     out
 }
 
-/// Checks every record; `deep` reads every blob, in parallel.
-pub(super) fn check(
+/// Checks every record; `deep_read` reads every blob, in parallel. `progress`
+/// is called after each file with the stored bytes read for it.
+pub fn check(
     backup: &Backup,
     catalog: &Catalog,
     deep_read: bool,
@@ -274,10 +248,12 @@ pub(super) fn check(
         })
         .collect();
     let mut files_read = 0;
+    let mut plaintext_bytes = 0;
     let mut digest_checked = 0;
     let mut damaged = 0;
     for r in results {
         files_read += u64::from(r.read);
+        plaintext_bytes += r.plaintext;
         digest_checked += u64::from(r.digest_checked);
         if r.problems.iter().any(|p| {
             matches!(
@@ -303,6 +279,7 @@ pub(super) fn check(
             .count() as u64,
         files_read,
         bytes_read: bytes.load(Ordering::Relaxed),
+        plaintext_bytes,
         digest_checked,
         missing,
         digest_mismatches: count(IntegrityKind::DigestMismatch),
