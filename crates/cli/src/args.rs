@@ -145,6 +145,14 @@ pub enum Command {
     },
     /// A guided tour on the encrypted sample backup shipped with the source.
     Demo,
+    /// A virtual iPhone (a folder): lock states, files, keychain; back it up, restore onto
+    /// it, import a real backup.
+    #[command(after_help = crate::commands::device::DEVICE_HELP)]
+    Device {
+        /// What to do with the device.
+        #[command(subcommand)]
+        command: crate::commands::device::DeviceCommand,
+    },
 }
 
 /// Output formats of `keybag keychain`.

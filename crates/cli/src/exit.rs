@@ -16,6 +16,9 @@ pub const DAMAGE: u8 = 3;
 pub const FORMAT: u8 = 4;
 /// Wrong password or key.
 pub const WRONG_KEY: u8 = 5;
+/// Device locked: a class key is not available now, the device is disabled (try again
+/// later) or was wiped.
+pub const LOCKED: u8 = 6;
 
 /// An error raised by the CLI itself, with its exit code.
 #[derive(Debug)]
@@ -78,6 +81,18 @@ fn for_backup(e: &mobilebackup::Error) -> u8 {
     }
 }
 
+fn for_device(e: &device::Error) -> u8 {
+    use device::Error as E;
+    match e {
+        E::NotADevice { .. } | E::TamperedKeybag { .. } | E::Damaged { .. } => FORMAT,
+        E::WrongPasscode { .. } => WRONG_KEY,
+        E::ClassUnavailable { .. } | E::TryAgainLater { .. } | E::Wiped { .. } => LOCKED,
+        E::BadPath { .. } | E::BadClass { .. } => USAGE,
+        E::Crypto { source, .. } => for_dataprotection(source),
+        _ => OTHER,
+    }
+}
+
 /// The exit code for an error: the first cause the CLI knows decides.
 pub fn code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -89,6 +104,9 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<dataprotection::Error>() {
             return for_dataprotection(e);
+        }
+        if let Some(e) = cause.downcast_ref::<device::Error>() {
+            return for_device(e);
         }
     }
     OTHER

@@ -53,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             format,
         } => commands::keychain::run(&backup, show_secrets, format),
         Command::Demo => commands::demo::run(),
+        Command::Device { command } => commands::device::run(&command),
     }
 }
 

@@ -454,7 +454,19 @@ impl Keybag {
     /// password layer uses a random key that is thrown away, so nothing in an
     /// unencrypted backup's keychain can be opened off-device (as on iOS).
     pub fn new_unencrypted_backup(device_key: &DeviceKey) -> Keybag {
-        let ephemeral = Passkey::random();
+        Self::new_unencrypted_backup_keyed(&Passkey::random(), device_key).0
+    }
+
+    /// [`new_unencrypted_backup`](Self::new_unencrypted_backup) with a chosen password-layer
+    /// key instead of a throwaway one, returning the class keys too. A virtual device uses it
+    /// with a key it re-derives from its own UID, so that it (and only it: classes 5–11 also
+    /// need `device_key`) can open its unencrypted backups' keychain again, as iOS can.
+    pub fn new_unencrypted_backup_keyed(
+        passkey: &Passkey,
+        device_key: &DeviceKey,
+    ) -> (Keybag, UnlockedKeybag) {
+        let ephemeral = passkey;
+        let mut unlocked = UnlockedKeybag::default();
         let mut kb = Keybag {
             version: Some(5),
             type_raw: Some(kind::BACKUP),
@@ -476,19 +488,20 @@ impl Keybag {
             let inner = if device_bound {
                 device_seal(device_key, &key)
             } else {
-                key
+                key.clone()
             };
             kb.classes.push(ClassKeyRecord {
                 uuid: Some(random_vec(16)),
                 class_raw: class,
                 wrap,
                 ktyp: Some(0),
-                wpky: wrap_key(&ephemeral, &inner).to_vec(),
+                wpky: wrap_key(ephemeral, &inner).to_vec(),
                 pbky: None,
                 extra: Vec::new(),
             });
+            unlocked.keys.insert(ProtectionClass(class), key);
         }
-        kb
+        (kb, unlocked)
     }
 }
 
@@ -945,5 +958,28 @@ mod tests {
         let wraps: Vec<u32> = kb.classes.iter().map(|c| c.wrap).collect();
         assert_eq!(wraps, vec![2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3]);
         assert_eq!(Keybag::parse(&kb.to_bytes()).unwrap(), kb);
+    }
+
+    #[test]
+    fn keyed_unencrypted_keybag_opens_only_with_both_keys() {
+        let pk = Passkey::from_bytes([7; 32]);
+        let dk = DeviceKey::random();
+        let (kb, made) = Keybag::new_unencrypted_backup_keyed(&pk, &dk);
+        let kb = Keybag::parse(&kb.to_bytes()).unwrap();
+        let open = kb.unlock(&pk, Some(&dk)).unwrap();
+        for c in 1..=11 {
+            let c = ProtectionClass(c);
+            assert_eq!(open.key(c).unwrap(), made.key(c).unwrap());
+        }
+        // Another device: the password layer opens (same passkey) but 5-11 come out wrong.
+        let other = kb.unlock(&pk, Some(&DeviceKey::random())).unwrap();
+        assert_ne!(
+            other.key(ProtectionClass(9)).unwrap(),
+            made.key(ProtectionClass(9)).unwrap()
+        );
+        assert!(matches!(
+            kb.unlock(&Passkey::from_bytes([8; 32]), Some(&dk)),
+            Err(Error::WrongPassword)
+        ));
     }
 }

@@ -83,6 +83,29 @@ pub struct WriterOptions {
     /// Installed apps (bundle ids), listed in `Manifest.plist` `Applications` and
     /// `Info.plist` `Applications` / `Installed Applications`. Duplicates are ignored.
     pub applications: Vec<String>,
+    /// Unencrypted backups only: the keys of the keybag's password and device layers. `None`
+    /// (the default) uses a throwaway password layer and a random device key, so the keychain
+    /// of the backup opens nowhere. A (virtual) device passes a password-layer key it can
+    /// re-derive and its own key 0x835, so that it alone can restore that keychain, as iOS
+    /// does (design §4.3: "Unenc. local → same device: keychain restored").
+    pub unencrypted_keybag: Option<UnencryptedKeybag>,
+}
+
+/// The keys sealing an unencrypted backup's keybag (see [`WriterOptions::unencrypted_keybag`]).
+pub struct UnencryptedKeybag {
+    /// Wraps every class key (the password layer, `WRAP` bit 2).
+    pub passkey: dataprotection::Passkey,
+    /// The device key 0x835 that also seals classes 5–11 (`WRAP=3`).
+    pub device_key: DeviceKey,
+}
+
+impl fmt::Debug for UnencryptedKeybag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnencryptedKeybag")
+            .field("passkey", &"(redacted)")
+            .field("device_key", &self.device_key)
+            .finish()
+    }
 }
 
 impl Default for WriterOptions {
@@ -94,6 +117,7 @@ impl Default for WriterOptions {
             date: SystemTime::now(),
             passcode_set: false,
             applications: Vec::new(),
+            unencrypted_keybag: None,
         }
     }
 }
@@ -296,6 +320,14 @@ struct Row {
     file: MbFile,
 }
 
+/// An existing blob to link instead of writing one.
+struct Existing<'a> {
+    blob: &'a Path,
+    file_key: Option<&'a Key256>,
+    size: u64,
+    digest: Option<Vec<u8>>,
+}
+
 /// What writing a blob produced.
 struct BlobInfo {
     size: u64,
@@ -317,6 +349,9 @@ pub struct BackupWriter {
     keybag: Keybag,
     /// Class keys, for encrypted backups.
     unlocked: Option<UnlockedKeybag>,
+    /// Class keys of an unencrypted backup made with [`WriterOptions::unencrypted_keybag`]
+    /// (used for the keychain only; file blobs of unencrypted backups stay plain).
+    unencrypted_keys: Option<UnlockedKeybag>,
     device_key: DeviceKey,
     /// Rows by fileID; `None` while a record's blob is being written (reserves the fileID).
     rows: Mutex<BTreeMap<String, Option<Row>>>,
@@ -348,9 +383,11 @@ impl BackupWriter {
             date,
             passcode_set,
             applications,
+            unencrypted_keybag,
         } = opts;
         // Whole seconds: Python's plistlib (mvt) rejects fractional seconds in XML dates.
         let date = UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds(date).max(0) as u64);
+        let mut unencrypted_keys = None;
         let (keybag, unlocked, device_key) = match encryption {
             Some(enc) => {
                 let device_key = enc.device_key.clone().unwrap_or_else(DeviceKey::random);
@@ -361,14 +398,24 @@ impl BackupWriter {
                     })?;
                 (kb, Some(unlocked), device_key)
             }
-            None => {
-                let device_key = DeviceKey::random();
-                (
-                    Keybag::new_unencrypted_backup(&device_key),
-                    None,
+            None => match unencrypted_keybag {
+                Some(UnencryptedKeybag {
+                    passkey,
                     device_key,
-                )
-            }
+                }) => {
+                    let (kb, keys) = Keybag::new_unencrypted_backup_keyed(&passkey, &device_key);
+                    unencrypted_keys = Some(keys);
+                    (kb, None, device_key)
+                }
+                None => {
+                    let device_key = DeviceKey::random();
+                    (
+                        Keybag::new_unencrypted_backup(&device_key),
+                        None,
+                        device_key,
+                    )
+                }
+            },
         };
         let mut seen = BTreeSet::new();
         let applications = applications
@@ -385,6 +432,7 @@ impl BackupWriter {
             applications,
             keybag,
             unlocked,
+            unencrypted_keys,
             device_key,
             rows: Mutex::new(BTreeMap::new()),
             next_inode: AtomicU64::new(INODE_BASE),
@@ -404,9 +452,10 @@ impl BackupWriter {
         Some(&self.device_key)
     }
 
-    /// Class keys of an encrypted backup (all of 1–11); `None` for an unencrypted one.
+    /// Class keys of an encrypted backup (all of 1–11), or of an unencrypted one made with
+    /// [`WriterOptions::unencrypted_keybag`]; `None` for other unencrypted ones.
     pub(crate) fn class_keys(&self) -> Option<&UnlockedKeybag> {
-        self.unlocked.as_ref()
+        self.unlocked.as_ref().or(self.unencrypted_keys.as_ref())
     }
 
     /// The backup date, Unix seconds.
@@ -437,6 +486,45 @@ impl BackupWriter {
     /// A failed `add` leaves nothing of that record behind and the writer usable; drop it to
     /// abandon the whole backup.
     pub fn add(&self, rec: NewRecord) -> Result<()> {
+        self.add_inner(rec, None)
+    }
+
+    /// Adds a regular file whose encrypted blob already exists (incremental backups): `blob` is
+    /// hard-linked (or copied, across file systems) into the backup instead of re-encrypting
+    /// the content. `rec` gives the metadata and the class (its content is ignored);
+    /// `file_key` is the blob's per-file key (required for encrypted backups, re-wrapped
+    /// under this backup's class key; must be `None` for unencrypted ones), `size` its
+    /// plaintext length and `digest` its `Digest` (computed from the blob when `None` and the
+    /// domain has digests). The blob is not checked: the caller vouches that it decrypts under
+    /// `file_key` to `size` bytes.
+    pub fn add_existing_blob(
+        &self,
+        rec: NewRecord,
+        blob: &Path,
+        file_key: Option<&Key256>,
+        size: u64,
+        digest: Option<Vec<u8>>,
+    ) -> Result<()> {
+        if file_key.is_some() != self.unlocked.is_some() {
+            return Err(Error::BadRecord {
+                domain: rec.domain,
+                relative_path: rec.relative_path,
+                reason: "an existing blob needs its file key exactly when the backup is encrypted"
+                    .into(),
+            });
+        }
+        self.add_inner(
+            rec,
+            Some(Existing {
+                blob,
+                file_key,
+                size,
+                digest,
+            }),
+        )
+    }
+
+    fn add_inner(&self, rec: NewRecord, existing: Option<Existing<'_>>) -> Result<()> {
         let NewRecord {
             domain,
             relative_path,
@@ -515,8 +603,17 @@ impl BackupWriter {
                 content,
                 protection_class,
             } => {
-                match self.write_blob(&file_id, &domain, &relative_path, content, protection_class)
-                {
+                let written = match existing {
+                    None => self.write_blob(
+                        &file_id,
+                        &domain,
+                        &relative_path,
+                        content,
+                        protection_class,
+                    ),
+                    Some(ex) => self.link_blob(&file_id, &domain, ex, protection_class),
+                };
+                match written {
                     Ok(info) => {
                         file.size = info.size;
                         file.digest = info.digest;
@@ -586,6 +683,59 @@ impl BackupWriter {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Links (or copies) an existing blob to the blob of `file_id` and re-wraps its key.
+    fn link_blob(
+        &self,
+        file_id: &str,
+        domain: &str,
+        ex: Existing<'_>,
+        class: u32,
+    ) -> Result<BlobInfo> {
+        let final_path = layout::blob_path(self.staging_dir(), file_id).expect("file_id is valid");
+        let dir = final_path.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        if fs::hard_link(ex.blob, &final_path).is_err() {
+            let tmp = dir.join(format!(".{file_id}.partial"));
+            let copied = fs::copy(ex.blob, &tmp)
+                .and_then(|_| fs::rename(&tmp, &final_path))
+                .map_err(Error::io(ex.blob));
+            if copied.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            copied?;
+        }
+        let encryption_key = match (&self.unlocked, ex.file_key) {
+            (Some(unlocked), Some(key)) => Some(
+                unlocked
+                    .wrap_persistent(ProtectionClass(class), key)
+                    .map_err(|source| Error::Crypto {
+                        path: final_path.clone(),
+                        source,
+                    })?
+                    .to_vec(),
+            ),
+            _ => None,
+        };
+        let digest = if layout::domain_has_digest(domain) {
+            match ex.digest {
+                Some(d) => Some(d),
+                None => {
+                    let mut h = Sha1::new();
+                    let mut f = File::open(&final_path).map_err(Error::io(&final_path))?;
+                    io::copy(&mut f, &mut h).map_err(Error::io(&final_path))?;
+                    Some(h.finalize().to_vec())
+                }
+            }
+        } else {
+            None
+        };
+        Ok(BlobInfo {
+            size: ex.size,
+            digest,
+            encryption_key,
+        })
     }
 
     /// Streams `content` into the blob of `file_id` (temporary name, then rename).
@@ -1046,6 +1196,7 @@ mod tests {
                 .map(|s| s.to_string())
                 .chain(["com.example.Notes".into()])
                 .collect(),
+            unencrypted_keybag: None,
         }
     }
 
@@ -1952,5 +2103,79 @@ mod tests {
         BackupWriter::create(&out, opts).unwrap().finish().unwrap();
         let info = std::fs::read_to_string(out.join(layout::INFO_PLIST)).unwrap();
         assert!(info.contains("<date>2023-11-14T22:13:20Z</date>"), "{info}");
+    }
+
+    #[test]
+    fn existing_blob_is_linked_and_its_key_rewrapped() {
+        let tmp = tempfile::tempdir().unwrap();
+        for encrypted in [true, false] {
+            let a = tmp.path().join(format!("a{encrypted}"));
+            let w = BackupWriter::create(&a, opts(encrypted)).unwrap();
+            let content = b"reuse me, 33 bytes of plaintext!!".to_vec();
+            let mut rec =
+                NewRecord::file("HomeDomain", "Library/x", Content::Bytes(content.clone()));
+            rec.kind = Kind::File {
+                content: Content::Bytes(content.clone()),
+                protection_class: 2,
+            };
+            w.add(rec).unwrap();
+            w.finish().unwrap();
+            let mut old = crate::Backup::open(&a).unwrap();
+            if encrypted {
+                let pk = old.derive_passkey(PW, &KdfLimits::default()).unwrap();
+                old.unlock_with_passkey(&pk, None).unwrap();
+            }
+            let cat = old.catalog().unwrap();
+            let r = cat
+                .records
+                .iter()
+                .find(|r| r.relative_path == "Library/x")
+                .unwrap();
+            let key = r
+                .file
+                .as_ref()
+                .unwrap()
+                .encryption_key
+                .as_ref()
+                .map(|k| old.keys().unwrap().unwrap_persistent(k).unwrap());
+
+            let b = tmp.path().join(format!("b{encrypted}"));
+            let w = BackupWriter::create(&b, opts(encrypted)).unwrap();
+            let mut meta = NewRecord::file("HomeDomain", "Library/x", Content::Bytes(Vec::new()));
+            meta.kind = Kind::File {
+                content: Content::Bytes(Vec::new()),
+                protection_class: 2,
+            };
+            // The key must be given exactly for encrypted backups.
+            let wrong = if encrypted {
+                None
+            } else {
+                Some(Key256::random())
+            };
+            let meta2 = NewRecord::file("HomeDomain", "Library/y", Content::Bytes(Vec::new()));
+            assert!(w
+                .add_existing_blob(meta2, &old.blob_path(r).unwrap(), wrong.as_ref(), 33, None)
+                .is_err());
+            w.add_existing_blob(meta, &old.blob_path(r).unwrap(), key.as_ref(), 33, None)
+                .unwrap();
+            w.finish().unwrap();
+            let mut new = crate::Backup::open(&b).unwrap();
+            if encrypted {
+                let pk = new.derive_passkey(PW, &KdfLimits::default()).unwrap();
+                new.unlock_with_passkey(&pk, None).unwrap();
+            }
+            let cat = new.catalog().unwrap();
+            let r = cat
+                .records
+                .iter()
+                .find(|r| r.relative_path == "Library/x")
+                .unwrap();
+            assert_eq!(r.protection_class(), ProtectionClass(2));
+            assert_eq!(r.size(), 33);
+            let mut got = Vec::new();
+            new.copy_file(r, &mut got).unwrap();
+            assert_eq!(got, content);
+            assert!(r.file.as_ref().unwrap().digest.is_some());
+        }
     }
 }

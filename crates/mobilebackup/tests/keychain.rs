@@ -1064,3 +1064,46 @@ fn random_corruption_never_panics() {
         }
     }
 }
+
+/// An unencrypted backup written with `unencrypted_keybag`: every reader sees its items
+/// sealed, but the keybag opens with the two keys the writer was given and then the items do.
+#[test]
+fn unencrypted_keybag_with_known_keys_opens_for_its_device_only() {
+    use mobilebackup::writer::UnencryptedKeybag;
+    let dir = tempfile::tempdir().unwrap();
+    let pk = Passkey::from_bytes([3; 32]);
+    let dk = DeviceKey::random();
+    let opts = WriterOptions {
+        unencrypted_keybag: Some(UnencryptedKeybag {
+            passkey: pk.clone(),
+            device_key: dk.clone(),
+        }),
+        ..WriterOptions::default()
+    };
+    let w = BackupWriter::create(&dir.path().join("b"), opts).unwrap();
+    w.add_keychain(vec![
+        NewKeychainItem::new("genp", ProtectionClass(7)).secret(b"migratory"),
+        NewKeychainItem::new("keys", ProtectionClass(10)).secret(b"tdo"),
+    ])
+    .unwrap();
+    let out = w.finish().unwrap();
+    let b = Backup::open(&out).unwrap();
+    let kc = keychain::read(&b).unwrap().unwrap();
+    assert_eq!(kc.counts(), (0, 2, 0));
+    let cat = b.catalog().unwrap();
+    let rec = cat
+        .records
+        .iter()
+        .find(|r| r.relative_path == keychain::RELATIVE_PATH)
+        .unwrap();
+    let mut bytes = Vec::new();
+    b.copy_file(rec, &mut bytes).unwrap();
+    let kb = b.keybag().unwrap();
+    let keys = kb.unlock(&pk, Some(&dk)).unwrap();
+    let kc = keychain::parse(&bytes, Some(&keys), kb.uuid_string().as_deref()).unwrap();
+    assert_eq!(kc.counts(), (2, 0, 0));
+    // Another device key: every keychain class of an unencrypted backup is WRAP=3.
+    let keys = kb.unlock(&pk, Some(&DeviceKey::random())).unwrap();
+    let kc = keychain::parse(&bytes, Some(&keys), None).unwrap();
+    assert_eq!(kc.counts(), (0, 0, 2));
+}

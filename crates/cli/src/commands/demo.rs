@@ -179,6 +179,8 @@ pub fn run() -> Result<u8> {
         human_bytes(report.bytes)
     )?;
 
+    device_tour(&mut out, tmp.path())?;
+
     writeln!(
         out,
         "Next, on your own backup (each command asks for its password, or reads"
@@ -192,6 +194,7 @@ pub fn run() -> Result<u8> {
         "keybag ls BACKUP --domain HomeDomain --path 'Library/SMS/**'",
         "keybag extract BACKUP OUTDIR",
         "keybag verify BACKUP --deep",
+        "keybag device import DIR BACKUP   # play with a real phone's data",
     ] {
         writeln!(out, "  {cmd}")?;
     }
@@ -202,4 +205,197 @@ pub fn run() -> Result<u8> {
         &report.problems,
         "the rest was extracted",
     ))
+}
+
+/// The Threema case on virtual iPhones (design §4.3): an app keeps a migratory password and a
+/// ThisDeviceOnly private key; an encrypted backup is audited, then restored to a new phone and
+/// to the same phone after an erase.
+fn device_tour(out: &mut dyn Write, root: &Path) -> Result<()> {
+    use device::backup::{backup, BackupOptions};
+    use device::restore::{copy_tree, restore, RestoreOptions};
+    use device::{DerValue, Device, InitOptions, LockState, ProtectionClass, PutOptions};
+    use mobilebackup::audit::{self, AuditOptions};
+    use std::collections::BTreeMap;
+    use zeroize::Zeroizing;
+
+    const APP: &str = "ch.threema.app";
+    const PASSCODE: &[u8] = b"123456";
+    const PASSWORD: &[u8] = b"demo backup password";
+    let op = |e: device::backup::OpError| anyhow::anyhow!("{e}");
+    let init = |dir: &Path, name: &str| -> Result<Device> {
+        let mut d = Device::init(
+            dir,
+            InitOptions {
+                name: name.into(),
+                passcode: Some(Zeroizing::new(PASSCODE.to_vec())),
+                passcode_iterations: Some(20_000),
+                ..InitOptions::default()
+            },
+        )?;
+        if d.state() != LockState::Unlocked {
+            d.unlock(PASSCODE)?;
+        }
+        Ok(d)
+    };
+
+    writeln!(
+        out,
+        "Part two: virtual iPhones (`keybag device`), to see what a backup carries to a new phone.\n"
+    )?;
+    let phone = root.join("alices-iphone");
+    let mut d = init(&phone, "Alice's iPhone")?;
+    let erased = root.join("alices-iphone-erased");
+    copy_tree(&phone, &erased).map_err(op)?;
+    d.install_app(APP)?;
+    let dom = format!("AppDomain-{APP}");
+    d.put(
+        &dom,
+        "Documents/ThreemaData.sqlite",
+        &mut &b"chats with Bob"[..],
+        &PutOptions::default(),
+    )?;
+    d.put(
+        &dom,
+        "Library/Caches/avatar.jpg",
+        &mut &b"cache"[..],
+        &PutOptions::default(),
+    )?;
+    let item = |label: &str, secret: &[u8]| {
+        let mut a = BTreeMap::new();
+        a.insert("agrp".to_string(), DerValue::string(APP));
+        a.insert("labl".to_string(), DerValue::string(label));
+        a.insert("v_Data".to_string(), DerValue::data(secret.to_vec()));
+        a
+    };
+    d.keychain_add(
+        "genp",
+        ProtectionClass::KC_WHEN_UNLOCKED,
+        item("Threema Safe password", b"correct horse"),
+    )?;
+    d.keychain_add(
+        "keys",
+        ProtectionClass::KC_AFTER_FIRST_UNLOCK_TDO,
+        item("Threema identity private key", &[0x42; 32]),
+    )?;
+    writeln!(
+        out,
+        "[6] Create \"Alice's iPhone\" (passcode set) and install {APP}. The app stores its chats,"
+    )?;
+    writeln!(
+        out,
+        "    a migratory keychain password (ak: WhenUnlocked) and its identity private key as"
+    )?;
+    writeln!(
+        out,
+        "    ThisDeviceOnly (cku: AfterFirstUnlockThisDeviceOnly), as Threema does.\n"
+    )?;
+
+    let bk = root.join("alice-backup");
+    let opts = BackupOptions {
+        password: Some(Zeroizing::new(PASSWORD.to_vec())),
+        ..BackupOptions::default()
+    };
+    let r = backup(&d, &bk, &opts).map_err(op)?;
+    drop(d);
+    writeln!(
+        out,
+        "[7] Back it up, encrypted (`keybag device backup DIR OUT --encrypt`): {}, {} keychain items.",
+        plural(r.files, "file", "files"),
+        r.keychain.len()
+    )?;
+    for s in &r.skipped {
+        writeln!(out, "    left out: {} ({})", sanitize(&s.what), s.reason)?;
+    }
+    writeln!(
+        out,
+        "    The private key's class key is sealed with the password AND this phone's key 0x835.\n"
+    )?;
+
+    let mut b = Backup::open(&bk)?;
+    let pk = b.derive_passkey(PASSWORD, &dataprotection::KdfLimits::default())?;
+    b.unlock_with_passkey(&pk, None)?;
+    let a = audit::audit(
+        &b,
+        &AuditOptions {
+            password: Some(PASSWORD),
+            sample_rounds: 10_000,
+            ..AuditOptions::default()
+        },
+    )?;
+    writeln!(out, "[8] Audit it (`keybag audit`):")?;
+    writeln!(out, "    {}", sanitize(&a.lost_on_new_device.summary))?;
+    writeln!(
+        out,
+        "    will not move to a new phone: {}; will move: {}\n",
+        sanitize(&a.lost_on_new_device.by_app()),
+        plural(a.lost_on_new_device.migratory, "item", "items")
+    )?;
+
+    let new_phone = root.join("bobs-new-iphone");
+    drop(init(&new_phone, "Alice's new iPhone")?);
+    let ropts = RestoreOptions {
+        password: Some(Zeroizing::new(PASSWORD.to_vec())),
+        ..RestoreOptions::default()
+    };
+    let mut results = Vec::new();
+    for (step, target, what) in [
+        (9, &new_phone, "a NEW iPhone"),
+        (10, &erased, "the SAME iPhone, erased (same hardware UID)"),
+    ] {
+        let r = restore(target, &bk, &ropts).map_err(op)?;
+        writeln!(
+            out,
+            "[{step}] Restore onto {what} (`keybag device restore DIR BACKUP`): {}, keychain {} restored, {} lost.",
+            plural(r.files, "file", "files"),
+            r.keychain_restored.len(),
+            r.lost.len()
+        )?;
+        for l in &r.lost {
+            writeln!(
+                out,
+                "     lost: {} [{}]: {}",
+                l.what,
+                l.class.as_deref().unwrap_or("?"),
+                l.reason
+            )?;
+        }
+        let dev = Device::open(target)?;
+        let labels: Vec<String> = dev
+            .keychain_items()?
+            .iter()
+            .filter_map(|i| {
+                i.attributes
+                    .get("labl")
+                    .and_then(DerValue::as_str)
+                    .map(str::to_string)
+            })
+            .collect();
+        results.push(labels);
+    }
+    writeln!(out, "\n    Which secret survived where:")?;
+    writeln!(out, "    {:<52} {:<12} same iPhone", "secret", "new iPhone")?;
+    for (label, class) in [
+        ("Threema Safe password", "ak, migratory"),
+        ("Threema identity private key", "cku, ThisDeviceOnly"),
+    ] {
+        let mark = |i: usize| {
+            if results[i].iter().any(|l| l == label) {
+                "restored"
+            } else {
+                "LOST"
+            }
+        };
+        writeln!(
+            out,
+            "    {:<52} {:<12} {}",
+            format!("{label} ({class})"),
+            mark(0),
+            mark(1)
+        )?;
+    }
+    writeln!(
+        out,
+        "    On a new phone the identity key is gone: Threema needs its ID backup to move.\n"
+    )?;
+    Ok(())
 }

@@ -5,6 +5,8 @@ pub mod audit;
 pub mod cat;
 pub mod decrypt;
 pub mod demo;
+pub mod device;
+pub mod device_backup;
 pub mod extract;
 pub mod info;
 pub mod keychain;

@@ -17,7 +17,11 @@
 //! keychain opens off the device. The writer's unencrypted keybag throws that layer away, so
 //! it cannot know those class keys either: items are encrypted (same v3 layout) under fresh
 //! class keys that are discarded at once. Every reader — keybag, other tools, a device —
-//! sees them sealed, exactly as in a device-made unencrypted backup.
+//! sees them sealed, exactly as in a device-made unencrypted backup. With
+//! [`WriterOptions::unencrypted_keybag`](crate::writer::WriterOptions::unencrypted_keybag) the
+//! writer knows both layers instead (a virtual device backing itself up): items are encrypted
+//! under the real class keys, so that device, and only it, can open them again on restore by
+//! unlocking the keybag with the same two keys and calling [`super::parse`] with them.
 
 use std::collections::{BTreeMap, BTreeSet};
 

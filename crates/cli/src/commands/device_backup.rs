@@ -1,0 +1,348 @@
+//! `keybag device backup | restore | import`: local backups of a virtual device, restores onto
+//! one (design §4.3's outcome matrix), and real backups turned into a device. The work is done
+//! by `device::{backup, restore, import}`; this module reads secrets and prints.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use device::backup::{BackupOptions, OpError, Skip};
+use device::import::ImportOptions;
+use device::restore::RestoreOptions;
+use zeroize::Zeroizing;
+
+use crate::exit;
+use crate::output::{human_bytes, plural, print_json, sanitize, thousands};
+use crate::secrets::{read_password_file, PASSWORD_ENV};
+
+/// `keybag device backup DIR OUT [--encrypt]`.
+#[derive(Debug, Args)]
+pub struct BackupCmd {
+    /// The device folder.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The backup folder to create (or to update, when it holds an earlier backup of this
+    /// device: unchanged files are not rewritten).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+    /// Encrypt the backup; the new backup password comes from --password-file,
+    /// KEYBAG_PASSWORD or a prompt (asked twice).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Read the backup password from the first line of FILE ('-' = stdin).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keybag device restore DIR BACKUP`.
+#[derive(Debug, Args)]
+pub struct RestoreCmd {
+    /// The device folder to restore onto (must be unlocked).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The backup folder.
+    #[arg(value_name = "BACKUP")]
+    pub backup: PathBuf,
+    /// Read the backup password from the first line of FILE ('-' = stdin).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keybag device import DIR BACKUP [--device-key HEX]`.
+#[derive(Debug, Args)]
+pub struct ImportCmd {
+    /// The device folder to create.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// A real iOS backup folder.
+    #[arg(value_name = "BACKUP")]
+    pub backup: PathBuf,
+    /// Read the backup password from the first line of FILE ('-' = stdin).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The original phone's device key 0x835 (32 hex digits): imports its ThisDeviceOnly
+    /// keychain items too.
+    #[arg(long, value_name = "HEX")]
+    pub device_key: Option<String>,
+    /// Give the new device a passcode, read from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub passcode_file: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The password from `--password-file`, `KEYBAG_PASSWORD` or a prompt (twice when `confirm`).
+fn password(file: Option<&Path>, what: &str, confirm: bool) -> Result<Zeroizing<Vec<u8>>> {
+    if let Some(path) = file {
+        return read_password_file(path, "--password-file");
+    }
+    if let Some(value) = std::env::var_os(PASSWORD_ENV) {
+        use std::os::unix::ffi::OsStringExt;
+        let pw = Zeroizing::new(value.into_vec());
+        if !pw.is_empty() {
+            return Ok(pw);
+        }
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = Zeroizing::new(
+            rpassword::prompt_password(format!("Password for {what}: "))
+                .context("reading the password from the terminal")?
+                .into_bytes(),
+        );
+        if pw.is_empty() {
+            return Err(exit::other("empty password"));
+        }
+        if confirm {
+            let again = Zeroizing::new(
+                rpassword::prompt_password("Again: ")
+                    .context("reading the password from the terminal")?
+                    .into_bytes(),
+            );
+            if again != pw {
+                return Err(exit::other("the passwords differ"));
+            }
+        }
+        return Ok(pw);
+    }
+    Err(exit::other(format!(
+        "{what}: no password given: use {PASSWORD_ENV}, --password-file or a terminal"
+    )))
+}
+
+/// An operation error with the exit code the CLI uses for it.
+fn op_error(e: OpError) -> anyhow::Error {
+    match e {
+        OpError::Backup(e) => e.into(),
+        OpError::Damaged(m) => exit::Failure {
+            code: exit::DAMAGE,
+            message: format!("damaged backup: {m} (nothing was changed)"),
+        }
+        .into(),
+        OpError::Device(e) => {
+            let code = match &e {
+                device::Error::NotADevice { .. } => exit::FORMAT,
+                device::Error::WrongPasscode { .. } => exit::WRONG_KEY,
+                _ => exit::OTHER,
+            };
+            exit::Failure {
+                code,
+                message: e.to_string(),
+            }
+            .into()
+        }
+        other => exit::other(other.to_string()),
+    }
+}
+
+fn print_skips(title: &str, list: &[Skip]) {
+    if list.is_empty() {
+        return;
+    }
+    println!("{title} ({}):", list.len());
+    for s in list.iter().take(50) {
+        let class = s
+            .class
+            .as_deref()
+            .map(|c| format!(" [{c}]"))
+            .unwrap_or_default();
+        println!(
+            "  {} {}{class}: {}",
+            s.kind,
+            sanitize(&s.what),
+            sanitize(&s.reason)
+        );
+    }
+    if list.len() > 50 {
+        println!("  … and {} more (see --json)", list.len() - 50);
+    }
+}
+
+/// Is the backup at `dir` encrypted? (`None` when it cannot be read: the library reports why.)
+fn backup_encrypted(dir: &Path) -> Option<bool> {
+    mobilebackup::Backup::open(dir)
+        .ok()
+        .map(|b| b.is_encrypted())
+}
+
+/// `keybag device backup`.
+pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
+    let dev = device::Device::open(&cmd.dir).map_err(|e| op_error(e.into()))?;
+    let pw = if cmd.encrypt {
+        Some(password(
+            cmd.password_file.as_deref(),
+            &format!("the new backup {}", cmd.out.display()),
+            true,
+        )?)
+    } else {
+        None
+    };
+    let opts = BackupOptions {
+        password: pw,
+        ..BackupOptions::default()
+    };
+    let r = device::backup::backup(&dev, &cmd.out, &opts).map_err(op_error)?;
+    if cmd.json {
+        print_json(&r)?;
+        return Ok(exit::OK);
+    }
+    println!(
+        "{} backup of {} ({}) in {}",
+        if r.encrypted {
+            "Encrypted"
+        } else {
+            "Unencrypted"
+        },
+        sanitize(dev.name()),
+        dev.state(),
+        r.out.display()
+    );
+    println!(
+        "  {} ({}), {}, {}; {} unchanged since the last backup (not rewritten)",
+        plural(r.files, "file", "files"),
+        human_bytes(r.bytes),
+        plural(r.directories, "folder", "folders"),
+        plural(r.symlinks, "symlink", "symlinks"),
+        thousands(r.reused)
+    );
+    println!(
+        "  keychain: {} exported{}",
+        plural(r.keychain.len() as u64, "item", "items"),
+        if r.encrypted {
+            " (ThisDeviceOnly ones sealed to this device's key 0x835)"
+        } else {
+            " (all sealed to this device: unencrypted backup)"
+        }
+    );
+    for (table, class, what) in &r.keychain {
+        println!("    {table} [{class}] {}", sanitize(what));
+    }
+    print_skips("Not backed up", &r.skipped);
+    Ok(exit::OK)
+}
+
+/// `keybag device restore`.
+pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
+    let password = match backup_encrypted(&cmd.backup) {
+        Some(true) => Some(password(
+            cmd.password_file.as_deref(),
+            &cmd.backup.display().to_string(),
+            false,
+        )?),
+        _ => None,
+    };
+    let opts = RestoreOptions {
+        password,
+        ..RestoreOptions::default()
+    };
+    let r = device::restore::restore(&cmd.dir, &cmd.backup, &opts).map_err(op_error)?;
+    if cmd.json {
+        print_json(&r)?;
+        return Ok(exit::OK);
+    }
+    println!(
+        "Restored {} ({}), {}, {} onto {} (re-keyed under its class keys)",
+        plural(r.files, "file", "files"),
+        human_bytes(r.bytes),
+        plural(r.directories, "folder", "folders"),
+        plural(r.symlinks, "symlink", "symlinks"),
+        cmd.dir.display()
+    );
+    println!(
+        "Keychain: {} restored, {} already present, {} lost",
+        r.keychain_restored.len(),
+        r.keychain_present.len(),
+        r.lost.len()
+    );
+    for (table, class, what) in r.keychain_restored.iter().chain(&r.keychain_present) {
+        println!("  restored {table} [{class}] {}", sanitize(what));
+    }
+    print_skips("Lost", &r.lost);
+    print_skips("Skipped", &r.skipped);
+    Ok(exit::OK)
+}
+
+/// `keybag device import`.
+pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
+    let device_key = match &cmd.device_key {
+        Some(hex) => Some(
+            dataprotection::DeviceKey::from_hex(hex.trim())
+                .map_err(|_| exit::usage("--device-key: expected 32 hex digits"))?,
+        ),
+        None => None,
+    };
+    let password = match backup_encrypted(&cmd.backup) {
+        Some(true) => Some(password(
+            cmd.password_file.as_deref(),
+            &cmd.backup.display().to_string(),
+            false,
+        )?),
+        _ => None,
+    };
+    let passcode = cmd
+        .passcode_file
+        .as_deref()
+        .map(|p| read_password_file(p, "--passcode-file"))
+        .transpose()?;
+    let opts = ImportOptions {
+        password,
+        device_key,
+        passcode,
+        ..ImportOptions::default()
+    };
+    let r = device::import::import(&cmd.dir, &cmd.backup, &opts).map_err(op_error)?;
+    if cmd.json {
+        print_json(&r)?;
+        return Ok(exit::OK);
+    }
+    println!(
+        "Imported {} into the new device {}: {} ({}), {}, {}",
+        cmd.backup.display(),
+        cmd.dir.display(),
+        plural(r.files, "file", "files"),
+        human_bytes(r.bytes),
+        plural(r.directories, "folder", "folders"),
+        plural(r.symlinks, "symlink", "symlinks"),
+    );
+    println!(
+        "Keychain: {} imported",
+        plural(r.keychain.len() as u64, "item", "items")
+    );
+    print_skips("Not imported", &r.skipped);
+    Ok(if r.skipped.iter().any(|s| s.kind != "keychain") {
+        exit::DAMAGE
+    } else {
+        exit::OK
+    })
+}
+
+/// The backup subcommands of `keybag device`. `crate::commands::device`'s subcommand enum embeds
+/// them with `#[command(flatten)]`.
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupCommand {
+    /// Back the device up into OUT: a real iTunes/Finder-format backup (left out: Caches, tmp,
+    /// files flagged exclude-from-backup, and what a locked device cannot read).
+    Backup(BackupCmd),
+    /// Restore a backup onto the device: files re-keyed under its class keys, keychain items
+    /// per the outcome matrix (ThisDeviceOnly ones only from this same device).
+    Restore(RestoreCmd),
+    /// Create a device folder from a real iOS backup (ThisDeviceOnly keychain items only with
+    /// --device-key).
+    Import(ImportCmd),
+}
+
+/// Runs one of the backup subcommands.
+pub fn run(cmd: &BackupCommand) -> Result<u8> {
+    match cmd {
+        BackupCommand::Backup(c) => run_backup(c),
+        BackupCommand::Restore(c) => run_restore(c),
+        BackupCommand::Import(c) => run_import(c),
+    }
+}

@@ -1,0 +1,116 @@
+//! Backup / incremental re-backup / restore of a virtual device with ≥ 10,000 files and ≥ 1 GB,
+//! against `cp -r` of the device folder (docs/BENCHMARKS.md, "Device backup").
+//!
+//!     cargo run --release -p device --example device_bench -- /tmp/keybag-device-bench
+//!
+//! Data is generated under the given folder (default /tmp/keybag-device-bench), never the repo.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use device::backup::{backup, BackupOptions};
+use device::restore::{restore, RestoreOptions};
+use device::{Device, InitOptions, LockState, ProtectionClass, PutOptions};
+use zeroize::Zeroizing;
+
+fn main() {
+    let root = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "/tmp/keybag-device-bench".into()),
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let pass = b"123456";
+    let init = |name: &str| {
+        let mut d = Device::init(
+            &root.join(name),
+            InitOptions {
+                name: name.into(),
+                passcode: Some(Zeroizing::new(pass.to_vec())),
+                passcode_iterations: Some(10_000),
+                ..InitOptions::default()
+            },
+        )
+        .unwrap();
+        if d.state() != LockState::Unlocked {
+            d.unlock(pass).unwrap();
+        }
+        d
+    };
+    let mut d = init("phone");
+    let files = 10_000usize;
+    let size = 105_000usize; // 10,000 × 105 kB = 1.05 GB
+    let t = Instant::now();
+    let mut buf = vec![0u8; size];
+    for i in 0..files {
+        for (j, b) in buf.iter_mut().enumerate().step_by(97) {
+            *b = (i * 7 + j) as u8;
+        }
+        let opts = PutOptions {
+            class: ProtectionClass(1 + (i % 4) as u32),
+            ..PutOptions::default()
+        };
+        let dom = format!("AppDomain-com.example.app{}", i % 20);
+        d.put(
+            &dom,
+            &format!("Documents/d{}/f{i}.bin", i % 50),
+            &mut &buf[..],
+            &opts,
+        )
+        .unwrap();
+    }
+    eprintln!("populate: {:.2} s", t.elapsed().as_secs_f64());
+
+    let cp_dst = root.join("cp-copy");
+    let t = Instant::now();
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(root.join("phone"))
+        .arg(&cp_dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cp = t.elapsed().as_secs_f64();
+
+    let opts = BackupOptions {
+        password: Some(Zeroizing::new(b"bench password".to_vec())),
+        ..BackupOptions::default()
+    };
+    let out = root.join("backup");
+    let t = Instant::now();
+    let r = backup(&d, &out, &opts).unwrap();
+    let first = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let r2 = backup(&d, &out, &opts).unwrap();
+    let inc = t.elapsed().as_secs_f64();
+    drop(d);
+    drop(init("target"));
+    let t = Instant::now();
+    let rr = restore(
+        &root.join("target"),
+        &out,
+        &RestoreOptions {
+            password: Some(Zeroizing::new(b"bench password".to_vec())),
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
+    let rest = t.elapsed().as_secs_f64();
+    println!("files {} bytes {}", r.files, r.bytes);
+    println!("cp -r device folder: {cp:.2} s");
+    println!(
+        "backup --encrypt (DPIC 10M): {first:.2} s ({:.2}x cp -r)",
+        first / cp
+    );
+    println!(
+        "incremental, unchanged ({} of {} reused): {inc:.2} s ({:.1}% of first)",
+        r2.reused,
+        r2.files,
+        100.0 * inc / first
+    );
+    println!(
+        "restore onto another device ({} files): {rest:.2} s",
+        rr.files
+    );
+}

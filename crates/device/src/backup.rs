@@ -1,0 +1,544 @@
+//! `device backup`: a real-format local backup of a virtual device (design §4.1, format §8.6–8.8,
+//! §10), written with [`mobilebackup::writer::BackupWriter`].
+//!
+//! * Files are read through the device's class keys and re-encrypted under a fresh backup
+//!   keybag (encrypted backups) or copied in the clear (unencrypted ones).
+//! * Left out (format §10.1): `Library/Caches` and `tmp` of every domain, and every file or
+//!   folder flagged "exclude from backup" (with everything under a flagged folder).
+//! * The keychain becomes `KeychainDomain/keychain-backup.plist` with the export rules of §8.6:
+//!   `akpu` items never, token-bound (`tkid`) and system-bound (`sysb`, `lockdown-identities`)
+//!   items never; ThisDeviceOnly classes 9–11 under `WRAP=3` with this device's key 0x835.
+//!   Unencrypted backups keep the keychain sealed to the device: their keybag's password layer
+//!   is a key the device re-derives from its UID ([`unencrypted_backup_passkey`]) and classes
+//!   5–11 are also sealed with 0x835, so only this device opens it again.
+//! * A locked device backs up only what it can read now (class D always, C after the first
+//!   unlock, A and B only while unlocked); everything else is listed in
+//!   [`BackupReport::skipped`] with the reason.
+//! * Into an existing backup folder of the same device and encryption, files whose
+//!   (domain, path, size, mtime, class) did not change keep their blob (hard-linked, their key
+//!   re-wrapped), so an unchanged device is re-backed up without re-encrypting anything
+//!   ([`BackupReport::reused`]). The new backup is built beside the old one and swapped in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use dataprotection::{DeviceKey, Passkey, ProtectionClass};
+use mobilebackup::keychain::{DerValue, NewKeychainItem};
+use mobilebackup::plists::DeviceInfo;
+use mobilebackup::writer::{
+    BackupWriter, Content, Encryption, Kind, NewRecord, UnencryptedKeybag, WriterOptions,
+    DEFAULT_DPIC,
+};
+use mobilebackup::{Backup, Credentials, RecordKind, Secret};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::{Device, EntryKind};
+
+/// Errors of backup, restore and import.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] crate::Error),
+    /// The backup failed (not a backup, wrong password, damaged, …).
+    #[error(transparent)]
+    Backup(#[from] mobilebackup::Error),
+    /// The backup is damaged (a blob, record or the keychain file); nothing was changed.
+    #[error("damaged backup: {0}")]
+    Damaged(String),
+    /// The operation is refused as asked (device locked, folder exists, …).
+    #[error("{0}")]
+    Refused(String),
+    /// A file system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpError + '_ {
+    move |source| OpError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Result of backup, restore and import.
+pub type OpResult<T> = std::result::Result<T, OpError>;
+
+/// How to back up.
+pub struct BackupOptions {
+    /// `Some(password)` for an encrypted backup.
+    pub password: Option<Zeroizing<Vec<u8>>>,
+    /// PBKDF2-SHA256 iterations of a new encrypted backup ([`DEFAULT_DPIC`]; small only in
+    /// tests).
+    pub dpic: u32,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            password: None,
+            dpic: DEFAULT_DPIC,
+        }
+    }
+}
+
+/// Something left out of a backup or a restore, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Skip {
+    /// `file`, `dir`, `symlink` or `keychain`.
+    pub kind: String,
+    /// `domain/path`, or for keychain items `table #rowid (description)`.
+    pub what: String,
+    /// Class short name (`A`, `cku`, …), when it has one.
+    pub class: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a backup wrote.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BackupReport {
+    /// The backup folder.
+    pub out: PathBuf,
+    /// Encrypted or not.
+    pub encrypted: bool,
+    /// Regular files written.
+    pub files: u64,
+    /// Their plaintext bytes.
+    pub bytes: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Files whose blob was kept from the previous backup in the folder.
+    pub reused: u64,
+    /// Keychain items exported, as `(table, class short name, description)`.
+    pub keychain: Vec<(String, String, String)>,
+    /// Left out, with reasons (excluded paths, classes unavailable while locked, keychain items
+    /// that are never exported).
+    pub skipped: Vec<Skip>,
+}
+
+/// The key of the password layer of this device's unencrypted backups' keybags: derived from
+/// the device key 0x835 (itself derived from the UID), so it never needs storing and no other
+/// device can re-derive it.
+pub fn unencrypted_backup_passkey(device_key: &DeviceKey) -> Passkey {
+    let mut h = Sha256::new();
+    h.update(b"keybag device: unencrypted backup keybag v1\0");
+    h.update(device_key.as_bytes());
+    let out: [u8; 32] = h.finalize().into();
+    Passkey::from_bytes(out)
+}
+
+/// `ak`, `A`, … for a class.
+pub(crate) fn class_name(c: ProtectionClass) -> String {
+    match c.0 {
+        1 => "A".into(),
+        2 => "B".into(),
+        3 => "C".into(),
+        4 => "D".into(),
+        _ => c.short_name().to_string(),
+    }
+}
+
+/// Why a path is excluded by rule (format §10.1), if it is.
+fn excluded_by_rule(path: &str) -> Option<&'static str> {
+    let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
+    if under("Library/Caches") {
+        Some("Library/Caches is never backed up")
+    } else if under("tmp") {
+        Some("tmp is never backed up")
+    } else {
+        None
+    }
+}
+
+/// Why a keychain item is never exported (format §8.6), if it is not.
+pub(crate) fn never_exported(
+    class: ProtectionClass,
+    attrs: &BTreeMap<String, DerValue>,
+) -> Option<String> {
+    if class == ProtectionClass::KC_PASSCODE_SET_TDO {
+        return Some("akpu (WhenPasscodeSetThisDeviceOnly) items never leave the device".into());
+    }
+    if attrs.contains_key("tkid") {
+        return Some("token-bound (Secure Enclave) keys are never exported".into());
+    }
+    let sysb = attrs.get("sysb").is_some_and(|v| match v {
+        DerValue::Bool(b) => *b,
+        other => other.as_i64().is_some_and(|n| n != 0),
+    });
+    if sysb || attrs.get("agrp").and_then(DerValue::as_str) == Some("lockdown-identities") {
+        return Some("system-bound items are never exported".into());
+    }
+    None
+}
+
+/// A short description of a keychain item for reports (never its secret).
+pub(crate) fn describe_item(table: &str, rowid: u64, attrs: &BTreeMap<String, DerValue>) -> String {
+    let get = |k: &str| attrs.get(k).and_then(DerValue::as_str);
+    let mut parts = Vec::new();
+    for k in ["svce", "srvr", "acct", "labl", "agrp"] {
+        if let Some(v) = get(k) {
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    if parts.is_empty() {
+        format!("{table} #{rowid}")
+    } else {
+        format!("{table} #{rowid} ({})", parts.join(", "))
+    }
+}
+
+/// A previous backup in the output folder whose blobs can be reused.
+struct Previous {
+    backup: Backup,
+    /// (domain, path) → (fileID, size, mtime, class, EncryptionKey, Digest).
+    files: HashMap<(String, String), mobilebackup::Record>,
+}
+
+fn open_previous(device: &Device, out: &Path, opts: &BackupOptions) -> Option<Previous> {
+    let mut b = Backup::open(out).ok()?;
+    if b.device().udid.as_deref() != Some(device.udid()) {
+        return None;
+    }
+    if b.is_encrypted() != opts.password.is_some() {
+        return None;
+    }
+    if let Some(pw) = &opts.password {
+        let creds = Credentials {
+            secret: Secret::Password(pw.clone()),
+            device_key: None,
+            limits: dataprotection::KdfLimits {
+                max_dpic: u32::MAX,
+                max_iter: u32::MAX,
+            },
+        };
+        b.unlock(&creds).ok()?;
+    }
+    let cat = b.catalog().ok()?;
+    let files = cat
+        .records
+        .into_iter()
+        .filter(|r| r.kind() == RecordKind::File && r.problem.is_none())
+        .map(|r| ((r.domain.clone(), r.relative_path.clone()), r))
+        .collect();
+    Some(Previous { backup: b, files })
+}
+
+/// Backs `device` up into the folder `out` (created, or replaced when it holds an older backup).
+pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<BackupReport> {
+    let existing = fs::symlink_metadata(out).is_ok();
+    let previous = if existing {
+        if !out.join("Manifest.plist").is_file() {
+            return Err(OpError::Refused(format!(
+                "{}: exists and is not a backup; refusing to replace it",
+                out.display()
+            )));
+        }
+        open_previous(device, out, opts)
+    } else {
+        None
+    };
+    // Build beside `out`, then swap.
+    let target = if existing {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "backup".into());
+        out.with_file_name(format!(".{name}.keybag-new-{}", std::process::id()))
+    } else {
+        out.to_path_buf()
+    };
+    if target != out && fs::symlink_metadata(&target).is_ok() {
+        fs::remove_dir_all(&target).map_err(io_err(&target))?;
+    }
+
+    let device_key = device.device_key();
+    let encryption = opts.password.as_ref().map(|pw| Encryption {
+        password: pw.clone(),
+        dpic: opts.dpic,
+        device_key: Some(device_key.clone()),
+    });
+    let unencrypted_keybag = opts.password.is_none().then(|| UnencryptedKeybag {
+        passkey: unencrypted_backup_passkey(&device_key),
+        device_key: device_key.clone(),
+    });
+    let wopts = WriterOptions {
+        device: DeviceInfo {
+            device_name: Some(device.name().to_string()),
+            product_type: Some(device.model().to_string()),
+            product_version: Some(device.ios_version().to_string()),
+            udid: Some(device.udid().to_string()),
+            ..DeviceInfo::default()
+        },
+        encryption,
+        date: SystemTime::now(),
+        passcode_set: device.passcode_set(),
+        applications: device.apps()?,
+        unencrypted_keybag,
+    };
+    let writer = BackupWriter::create(&target, wopts)?;
+    let mut report = BackupReport {
+        out: out.to_path_buf(),
+        encrypted: opts.password.is_some(),
+        ..BackupReport::default()
+    };
+
+    // Files.
+    let entries = device.entries(None)?;
+    let mut flagged_dirs: Vec<(String, String)> = Vec::new();
+    for e in &entries {
+        if e.exclude_from_backup && matches!(e.kind, EntryKind::Directory) {
+            flagged_dirs.push((e.domain.clone(), e.path.clone()));
+        }
+    }
+    let in_flagged = |domain: &str, path: &str| {
+        flagged_dirs
+            .iter()
+            .any(|(d, p)| d == domain && (p.is_empty() || path.starts_with(&format!("{p}/"))))
+    };
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let (tx, rx) = mpsc::sync_channel::<NewRecord>(workers * 2);
+    let rx = Mutex::new(rx);
+    let first_error: Mutex<Option<mobilebackup::Error>> = Mutex::new(None);
+    let mut produce_error: Option<OpError> = None;
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(rec) = next else { break };
+                if let Err(e) = writer.add(rec) {
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
+            });
+        }
+        let result = (|| -> OpResult<()> {
+            for e in &entries {
+                let kind_name = match e.kind {
+                    EntryKind::File => "file",
+                    EntryKind::Directory => "dir",
+                    EntryKind::Symlink { .. } => "symlink",
+                };
+                let what = format!("{}/{}", e.domain, e.path);
+                let skip = |reason: String| Skip {
+                    kind: kind_name.into(),
+                    what: what.clone(),
+                    class: matches!(e.kind, EntryKind::File).then(|| class_name(e.class)),
+                    reason,
+                };
+                if let Some(r) = excluded_by_rule(&e.path) {
+                    report.skipped.push(skip(r.into()));
+                    continue;
+                }
+                if e.exclude_from_backup {
+                    report
+                        .skipped
+                        .push(skip("flagged exclude-from-backup".into()));
+                    continue;
+                }
+                if in_flagged(&e.domain, &e.path) {
+                    report
+                        .skipped
+                        .push(skip("inside a folder flagged exclude-from-backup".into()));
+                    continue;
+                }
+                let mut rec = match &e.kind {
+                    EntryKind::Directory => {
+                        report.directories += 1;
+                        NewRecord::directory(&e.domain, &e.path)
+                    }
+                    EntryKind::Symlink { target } => {
+                        report.symlinks += 1;
+                        NewRecord::symlink(&e.domain, &e.path, target)
+                    }
+                    EntryKind::File => {
+                        if !device.class_key_available(e.class) {
+                            report.skipped.push(skip(format!(
+                                "class {} ({}) is not readable while the device is {:?}",
+                                class_name(e.class),
+                                e.class.name(),
+                                device.state()
+                            )));
+                            continue;
+                        }
+                        if let Some(prev) = &previous {
+                            if let Some(old) = prev.files.get(&(e.domain.clone(), e.path.clone())) {
+                                let unchanged = old.file.as_ref().is_some_and(|f| {
+                                    f.size == e.size
+                                        && f.mtime == e.mtime
+                                        && f.protection_class == e.class.0
+                                });
+                                if unchanged {
+                                    let mut meta = NewRecord::file(
+                                        &e.domain,
+                                        &e.path,
+                                        Content::Bytes(Vec::new()),
+                                    );
+                                    fill_meta(&mut meta, e);
+                                    meta.kind = Kind::File {
+                                        content: Content::Bytes(Vec::new()),
+                                        protection_class: e.class.0,
+                                    };
+                                    let key = match old
+                                        .file
+                                        .as_ref()
+                                        .and_then(|f| f.encryption_key.as_ref())
+                                    {
+                                        Some(k) => match prev.backup.keys() {
+                                            Some(keys) => keys.unwrap_persistent(k).ok(),
+                                            None => None,
+                                        },
+                                        None => None,
+                                    };
+                                    if key.is_some() == prev.backup.is_encrypted() {
+                                        let blob = prev.backup.blob_path(old)?;
+                                        let digest =
+                                            old.file.as_ref().and_then(|f| f.digest.clone());
+                                        if writer
+                                            .add_existing_blob(
+                                                meta,
+                                                &blob,
+                                                key.as_ref(),
+                                                e.size,
+                                                digest,
+                                            )
+                                            .is_ok()
+                                        {
+                                            report.files += 1;
+                                            report.bytes += e.size;
+                                            report.reused += 1;
+                                            continue;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        let mut buf = Vec::with_capacity(e.size as usize);
+                        device.get(&e.domain, &e.path, &mut buf)?;
+                        report.files += 1;
+                        report.bytes += buf.len() as u64;
+                        NewRecord::file(&e.domain, &e.path, Content::Bytes(buf))
+                    }
+                };
+                fill_meta(&mut rec, e);
+                if let Kind::File {
+                    protection_class, ..
+                } = &mut rec.kind
+                {
+                    *protection_class = e.class.0;
+                }
+                if tx.send(rec).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        if let Err(e) = result {
+            produce_error = Some(e);
+        }
+    });
+    if let Some(e) = produce_error {
+        return Err(e);
+    }
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e.into());
+    }
+
+    // Keychain.
+    let mut items = Vec::new();
+    let open = device.keychain_items()?;
+    let open_rows: std::collections::HashSet<(String, u64)> =
+        open.iter().map(|i| (i.table.clone(), i.rowid)).collect();
+    for it in open {
+        let what = describe_item(&it.table, it.rowid, &it.attributes);
+        if let Some(reason) = never_exported(it.class, &it.attributes) {
+            report.skipped.push(Skip {
+                kind: "keychain".into(),
+                what,
+                class: Some(class_name(it.class)),
+                reason,
+            });
+            continue;
+        }
+        report
+            .keychain
+            .push((it.table.clone(), class_name(it.class), what));
+        let mut n = NewKeychainItem::new(&it.table, it.class);
+        n.attributes = it.attributes;
+        n.rowid = Some(it.rowid);
+        items.push(n);
+    }
+    for (rowid, table, class, _) in device.keychain_all()? {
+        if open_rows.contains(&(table.clone(), rowid)) {
+            continue;
+        }
+        let reason = if class == ProtectionClass::KC_PASSCODE_SET_TDO {
+            "akpu (WhenPasscodeSetThisDeviceOnly) items never leave the device".to_string()
+        } else {
+            format!(
+                "class {} ({}) is not readable while the device is {:?}",
+                class_name(class),
+                class.name(),
+                device.state()
+            )
+        };
+        report.skipped.push(Skip {
+            kind: "keychain".into(),
+            what: format!("{table} #{rowid}"),
+            class: Some(class_name(class)),
+            reason,
+        });
+    }
+    writer.add_keychain(items)?;
+    drop(previous);
+    let written = writer.finish()?;
+
+    if written != out {
+        // Swap: old → aside, new → out, remove the old one.
+        let aside = out.with_file_name(format!(
+            ".{}.keybag-old-{}",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        fs::rename(out, &aside).map_err(io_err(out))?;
+        if let Err(e) = fs::rename(&written, out) {
+            let _ = fs::rename(&aside, out);
+            return Err(OpError::Io {
+                path: out.to_path_buf(),
+                source: e,
+            });
+        }
+        fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+    }
+    Ok(report)
+}
+
+fn fill_meta(rec: &mut NewRecord, e: &crate::Entry) {
+    rec.mode = e.mode & 0o7777;
+    rec.uid = e.uid;
+    rec.gid = e.gid;
+    rec.mtime = e.mtime;
+    rec.ctime = e.ctime;
+    rec.birth = e.birth;
+}

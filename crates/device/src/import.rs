@@ -1,0 +1,267 @@
+//! `device import`: a real iOS backup turned into a new virtual device, so a real phone's data
+//! can be played with (locked, unlocked, backed up again, restored elsewhere).
+//!
+//! The new device has its own fresh UID: files are written under its class keys with the
+//! classes the backup recorded, and every keychain item that opens is added with its class.
+//! ThisDeviceOnly items (classes 9–11) open only with the original phone's key 0x835
+//! ([`ImportOptions::device_key`]); without it they stay sealed and are listed, not imported.
+//! The device folder is built beside `dir` and renamed into place only when complete.
+
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+use dataprotection::{DeviceKey, KdfLimits, ProtectionClass};
+use mobilebackup::keychain::{self, ItemState};
+use mobilebackup::{Backup, Credentials, RecordKind, Secret};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::backup::{class_name, describe_item, io_err, OpError, OpResult, Skip};
+use crate::restore::sibling;
+use crate::{Device, InitOptions, LockState, PutOptions};
+
+/// How to import.
+#[derive(Default)]
+pub struct ImportOptions {
+    /// The backup password (encrypted backups).
+    pub password: Option<Zeroizing<Vec<u8>>>,
+    /// The original phone's key 0x835, to open ThisDeviceOnly keychain items.
+    pub device_key: Option<DeviceKey>,
+    /// Caps on the KDF counts read from the backup's keybag.
+    pub limits: KdfLimits,
+    /// The new device's passcode (none by default).
+    pub passcode: Option<Zeroizing<Vec<u8>>>,
+    /// Passcode KDF iterations of the new device (`None` calibrates).
+    pub passcode_iterations: Option<u32>,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    /// Device name taken from the backup.
+    pub name: String,
+    /// Regular files imported.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Keychain items imported: `(table, class, description)`.
+    pub keychain: Vec<(String, String, String)>,
+    /// Records and items not imported, with the reason (damaged files, sealed items).
+    pub skipped: Vec<Skip>,
+}
+
+/// Creates the device folder `dir` (which must not exist) from the backup at `backup_dir`.
+pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<ImportReport> {
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return Err(OpError::Refused(format!(
+            "{}: already exists; import creates a new device folder",
+            dir.display()
+        )));
+    }
+    let mut backup = Backup::open(backup_dir)?;
+    if backup.is_encrypted() {
+        let pw = opts.password.clone().ok_or_else(|| {
+            OpError::Refused(format!(
+                "{}: the backup is encrypted and no password was given",
+                backup_dir.display()
+            ))
+        })?;
+        backup.unlock(&Credentials {
+            secret: Secret::Password(pw),
+            device_key: opts.device_key.clone(),
+            limits: opts.limits,
+        })?;
+    }
+    let catalog = backup.catalog()?;
+    let kc = if backup.is_encrypted() {
+        keychain::read_from_catalog(&backup, &catalog)?
+    } else {
+        None
+    };
+    let info = backup.device();
+
+    let staging = sibling(dir, "keybag-import");
+    let cleanup = |e: OpError| {
+        let _ = std::fs::remove_dir_all(&staging);
+        e
+    };
+    let mut dev = Device::init(
+        &staging,
+        InitOptions {
+            name: info
+                .device_name
+                .clone()
+                .unwrap_or_else(|| "imported iPhone".into()),
+            passcode: opts.passcode.clone(),
+            model: info.product_type.clone(),
+            ios_version: info.product_version.clone(),
+            passcode_iterations: opts.passcode_iterations,
+            wipe_after_10: false,
+        },
+    )
+    .map_err(|e| cleanup(e.into()))?;
+    let mut run = || -> OpResult<ImportReport> {
+        let dev = &mut dev;
+        if let (Some(p), true) = (&opts.passcode, dev.state() != LockState::Unlocked) {
+            dev.unlock(p)?;
+        }
+        let mut report = ImportReport {
+            name: dev.name().to_string(),
+            ..ImportReport::default()
+        };
+        let apps: std::collections::BTreeSet<&str> = catalog
+            .records
+            .iter()
+            .filter_map(|r| r.domain.strip_prefix("AppDomain-"))
+            .collect();
+        for app in apps {
+            dev.install_app(app)?;
+        }
+        let existing: std::collections::BTreeMap<(String, String), crate::EntryKind> = dev
+            .entries(None)?
+            .into_iter()
+            .map(|e| ((e.domain, e.path), e.kind))
+            .collect();
+        for rec in &catalog.records {
+            let what = rec.display_path();
+            let skip = |reason: String| Skip {
+                kind: rec.kind().name(),
+                what: what.clone(),
+                class: None,
+                reason,
+            };
+            if let Some(p) = &rec.problem {
+                report.skipped.push(skip(p.clone()));
+                continue;
+            }
+            if rec.domain == keychain::DOMAIN && rec.relative_path == keychain::RELATIVE_PATH {
+                continue;
+            }
+            let present = existing.get(&(rec.domain.clone(), rec.relative_path.clone()));
+            let f = rec.file.as_ref().expect("decoded");
+            match rec.kind() {
+                RecordKind::Directory => {
+                    if rec.relative_path.is_empty()
+                        || matches!(present, Some(crate::EntryKind::Directory))
+                    {
+                        continue;
+                    }
+                    dev.mkdir(&rec.domain, &rec.relative_path, f.mode & 0o7777)?;
+                    report.directories += 1;
+                }
+                RecordKind::Symlink => match &f.target {
+                    Some(t) => {
+                        dev.symlink(&rec.domain, &rec.relative_path, t)?;
+                        report.symlinks += 1;
+                    }
+                    None => report.skipped.push(skip("symlink without a target".into())),
+                },
+                RecordKind::File => {
+                    let mut plain = Zeroizing::new(Vec::new());
+                    let read =
+                        backup
+                            .open_file(rec)
+                            .and_then(|mut r| match r.read_to_end(&mut plain) {
+                                Ok(_) => Ok(r.padding_ok()),
+                                Err(e) => Err(mobilebackup::Error::Io {
+                                    path: rec.display_path().into(),
+                                    source: e,
+                                }),
+                            });
+                    match read {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            report
+                                .skipped
+                                .push(skip("damaged blob (bad padding)".into()));
+                            continue;
+                        }
+                        Err(e) => {
+                            report.skipped.push(skip(e.to_string()));
+                            continue;
+                        }
+                    }
+                    let class = ProtectionClass(f.protection_class);
+                    let class = if (1..=4).contains(&class.0) {
+                        class
+                    } else {
+                        ProtectionClass::UNTIL_FIRST_AUTH
+                    };
+                    let put = PutOptions {
+                        class,
+                        mode: f.mode & 0o7777,
+                        uid: f.uid,
+                        gid: f.gid,
+                        mtime: Some(f.mtime),
+                        exclude_from_backup: false,
+                    };
+                    dev.put(
+                        &rec.domain,
+                        &rec.relative_path,
+                        &mut Cursor::new(&plain[..]),
+                        &put,
+                    )?;
+                    report.files += 1;
+                    report.bytes += plain.len() as u64;
+                }
+                RecordKind::Other(_) => report
+                    .skipped
+                    .push(skip("not a file, folder or symlink".into())),
+            }
+        }
+        if let Some(kc) = &kc {
+            for it in &kc.items {
+                let rowid = it.rowid.unwrap_or(0);
+                match (&it.state, it.class) {
+                    (ItemState::Open, Some(class)) if (6..=12).contains(&class.0) => {
+                        dev.keychain_add(&it.table, class, it.attributes.clone())?;
+                        report.keychain.push((
+                            it.table.clone(),
+                            class_name(class),
+                            describe_item(&it.table, rowid, &it.attributes),
+                        ));
+                    }
+                    (state, class) => {
+                        let tdo = class.is_some_and(|c| c.is_this_device_only());
+                        let reason = match state {
+                            ItemState::Sealed { .. } if tdo => {
+                                "ThisDeviceOnly: sealed to the original phone (give its key 0x835 to open it)".to_string()
+                            }
+                            ItemState::Damaged { reason }
+                                if tdo && reason.starts_with(keychain::item::UNWRAP_FAILED) =>
+                            {
+                                "ThisDeviceOnly: the device key given is not the original phone's"
+                                    .into()
+                            }
+                            s => s.reason().unwrap_or("not importable").to_string(),
+                        };
+                        report.skipped.push(Skip {
+                            kind: "keychain".into(),
+                            what: format!("{} #{rowid}", it.table),
+                            class: class.map(class_name),
+                            reason,
+                        });
+                    }
+                }
+            }
+        } else if !backup.is_encrypted() {
+            report.skipped.push(Skip {
+                kind: "keychain".into(),
+                what: "KeychainDomain/keychain-backup.plist".into(),
+                class: None,
+                reason: "unencrypted backup: its keychain is sealed to the original phone".into(),
+            });
+        }
+        Ok(report)
+    };
+    let report = run().map_err(cleanup)?;
+    drop(dev);
+    std::fs::rename(&staging, dir)
+        .map_err(io_err(dir))
+        .map_err(cleanup)?;
+    Ok(report)
+}

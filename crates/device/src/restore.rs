@@ -1,0 +1,376 @@
+//! `device restore`: a local backup onto a virtual device, per the outcome matrix of design §4.3.
+//!
+//! * Files (every class) are decrypted with the backup's keys and written anew, which re-keys
+//!   them under the target's class keys. The target must be unlocked.
+//! * Keychain items are imported when they open on the target: the backup is unlocked with the
+//!   password *and the target's* key 0x835. Migratory items (ak/ck/dk) of encrypted backups
+//!   open anywhere; ThisDeviceOnly items (aku/cku/dku) open only on the device that made the
+//!   backup (on another device the 0x835 layer yields a wrong class key and the item key fails
+//!   its RFC 3394 check). Unencrypted backups' keychains open only on the same device (its
+//!   keybag's password layer is re-derived from the device's UID, see
+//!   [`crate::backup::unencrypted_backup_passkey`]). akpu items are never in a backup. Nothing
+//!   compares device names or UDIDs: what restores is decided by the keys alone.
+//! * Nothing is half-restored: the target folder is copied to a staging folder beside it, the
+//!   restore runs there, and only a complete restore is swapped in. A wrong password, a damaged
+//!   blob or keychain, or any other error leaves the target untouched.
+//! * Files already on the target and not in the backup are kept; items already on the target
+//!   (same table, class and attributes) are not added twice.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+
+use dataprotection::{KdfLimits, ProtectionClass};
+use mobilebackup::keychain::{self, item, DerValue, ItemState, Keychain};
+use mobilebackup::{Backup, Credentials, RecordKind, Secret};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::backup::{
+    class_name, describe_item, io_err, unencrypted_backup_passkey, OpError, OpResult, Skip,
+};
+use crate::{Device, EntryKind, LockState, PutOptions};
+
+/// How to restore.
+#[derive(Default)]
+pub struct RestoreOptions {
+    /// The backup password (encrypted backups).
+    pub password: Option<Zeroizing<Vec<u8>>>,
+    /// Caps on the KDF counts read from the backup's keybag.
+    pub limits: KdfLimits,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    /// Whether the backup was encrypted.
+    pub backup_encrypted: bool,
+    /// Regular files restored (re-keyed under the target's class keys).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Keychain items restored: `(table, class, description)`.
+    pub keychain_restored: Vec<(String, String, String)>,
+    /// Keychain items that were already on the target (counted as restored, not added twice).
+    pub keychain_present: Vec<(String, String, String)>,
+    /// Keychain items that cannot be restored here, with the reason.
+    pub lost: Vec<Skip>,
+    /// Records not restored on purpose (the keychain file itself, foreign record kinds).
+    pub skipped: Vec<Skip>,
+}
+
+/// What an item's attributes are compared by to spot one already on the device.
+fn identity(table: &str, class: ProtectionClass, a: &BTreeMap<String, DerValue>) -> Vec<u8> {
+    let mut m = a.clone();
+    for volatile in ["persistref", "rowid", "pdmn", "cdat", "mdat"] {
+        m.remove(volatile);
+    }
+    let mut out = table.as_bytes().to_vec();
+    out.extend_from_slice(&class.0.to_le_bytes());
+    out.extend(mobilebackup::keychain::der::encode(&DerValue::Dict(m)));
+    out
+}
+
+/// The backup's keychain as the target device sees it (`None`: no keychain in the backup).
+pub(crate) fn read_keychain(backup: &Backup, target: &Device) -> OpResult<Option<Keychain>> {
+    let cat = backup.catalog()?;
+    if backup.is_encrypted() {
+        return Ok(keychain::read_from_catalog(backup, &cat)?);
+    }
+    let Some(rec) = cat
+        .records
+        .iter()
+        .find(|r| r.domain == keychain::DOMAIN && r.relative_path == keychain::RELATIVE_PATH)
+    else {
+        return Ok(None);
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    let mut r = backup.open_file(rec)?;
+    if r.len() > keychain::MAX_PLIST_BYTES {
+        return Err(OpError::Damaged(format!(
+            "{}: keychain-backup.plist is over the size cap",
+            backup.root().display()
+        )));
+    }
+    r.read_to_end(&mut bytes)
+        .map_err(io_err(&backup.blob_path(rec)?))?;
+    let kb = backup.keybag();
+    let uuid = kb.and_then(|k| k.uuid_string());
+    let dk = target.device_key();
+    let keys = kb.and_then(|k| k.unlock(&unencrypted_backup_passkey(&dk), Some(&dk)).ok());
+    keychain::parse(&bytes, keys.as_ref(), uuid.as_deref())
+        .map(Some)
+        .map_err(|e| OpError::Damaged(format!("{}: {e}", backup.root().display())))
+}
+
+/// Why an item that did not open is lost.
+fn lost_reason(encrypted: bool, class: Option<ProtectionClass>, state: &ItemState) -> String {
+    let tdo = class.is_some_and(|c| c.is_this_device_only());
+    match state {
+        ItemState::Sealed { .. } if !encrypted => {
+            "unencrypted backup made by another device: its keychain is sealed to that device"
+                .into()
+        }
+        ItemState::Sealed { reason } => format!("sealed: {reason}"),
+        ItemState::Damaged { reason } if tdo && reason.starts_with(item::UNWRAP_FAILED) => {
+            "ThisDeviceOnly item from another device: its class key needs that device's key 0x835"
+                .into()
+        }
+        ItemState::Damaged { reason } if !encrypted && reason.starts_with(item::UNWRAP_FAILED) => {
+            "unencrypted backup made by another device: its keychain is sealed to that device"
+                .into()
+        }
+        ItemState::Damaged { reason } => format!("damaged: {reason}"),
+        ItemState::Open => "not restored".into(),
+    }
+}
+
+/// Copies a folder tree (files, folders, symlinks; permissions kept). A copy of a device folder
+/// is the same hardware (same UID): the demo uses one as "the same phone, erased".
+pub fn copy_tree(from: &Path, to: &Path) -> OpResult<()> {
+    fs::create_dir(to).map_err(io_err(to))?;
+    let perms = fs::metadata(from).map_err(io_err(from))?.permissions();
+    for entry in fs::read_dir(from).map_err(io_err(from))? {
+        let entry = entry.map_err(io_err(from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let ft = entry.file_type().map_err(io_err(&src))?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&src).map_err(io_err(&src))?;
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(&t, &dst).map_err(io_err(&dst))?;
+            #[cfg(not(unix))]
+            let _ = t;
+        } else {
+            fs::copy(&src, &dst).map_err(io_err(&src))?;
+        }
+    }
+    fs::set_permissions(to, perms).map_err(io_err(to))?;
+    Ok(())
+}
+
+/// A sibling path of `dir` named `.<name>.<tag>-<pid>-<n>` that does not exist.
+pub(crate) fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "device".into());
+    let mut n = 0u32;
+    loop {
+        let p = dir.with_file_name(format!(".{name}.{tag}-{}-{n}", std::process::id()));
+        if fs::symlink_metadata(&p).is_err() {
+            return p;
+        }
+        n += 1;
+    }
+}
+
+/// Removes a folder on drop unless disarmed.
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Restores the backup at `backup_dir` onto the device at `dir` (see the module docs).
+pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult<RestoreReport> {
+    let target = Device::open(dir)?;
+    if target.state() != LockState::Unlocked {
+        return Err(OpError::Refused(format!(
+            "{}: the device is {:?}; unlock it first (a restore writes files of every class)",
+            dir.display(),
+            target.state()
+        )));
+    }
+    let mut backup = Backup::open(backup_dir)?;
+    let encrypted = backup.is_encrypted();
+    if encrypted {
+        let pw = opts.password.clone().ok_or_else(|| {
+            OpError::Refused(format!(
+                "{}: the backup is encrypted and no password was given",
+                backup_dir.display()
+            ))
+        })?;
+        backup.unlock(&Credentials {
+            secret: Secret::Password(pw),
+            device_key: Some(target.device_key()),
+            limits: opts.limits,
+        })?;
+    }
+    let catalog = backup.catalog()?;
+    if let Some(s) = catalog.skipped.first() {
+        return Err(OpError::Damaged(format!(
+            "{}: Manifest.db: {s}",
+            backup_dir.display()
+        )));
+    }
+    let kc = read_keychain(&backup, &target)?;
+    drop(target);
+
+    // Stage: a copy of the target, restored into, then swapped in.
+    let staging = sibling(dir, "keybag-restore");
+    let mut cleanup = Cleanup(Some(staging.clone()));
+    copy_tree(dir, &staging)?;
+    let mut dev = Device::open(&staging)?;
+    let mut report = RestoreReport {
+        backup_encrypted: encrypted,
+        ..RestoreReport::default()
+    };
+
+    let existing: BTreeMap<(String, String), EntryKind> = dev
+        .entries(None)?
+        .into_iter()
+        .map(|e| ((e.domain, e.path), e.kind))
+        .collect();
+    for rec in &catalog.records {
+        let what = rec.display_path();
+        if let Some(p) = &rec.problem {
+            return Err(OpError::Damaged(format!(
+                "{}: {what}: {p}",
+                backup_dir.display()
+            )));
+        }
+        let f = rec.file.as_ref().expect("no problem means decoded");
+        if rec.domain == keychain::DOMAIN && rec.relative_path == keychain::RELATIVE_PATH {
+            continue;
+        }
+        let key = (rec.domain.clone(), rec.relative_path.clone());
+        let present = existing.get(&key);
+        match rec.kind() {
+            RecordKind::Directory => {
+                if rec.relative_path.is_empty() || matches!(present, Some(EntryKind::Directory)) {
+                    continue;
+                }
+                if present.is_some() {
+                    dev.remove(&rec.domain, &rec.relative_path)?;
+                }
+                dev.mkdir(&rec.domain, &rec.relative_path, f.mode & 0o7777)?;
+                report.directories += 1;
+            }
+            RecordKind::Symlink => {
+                let Some(t) = &f.target else {
+                    return Err(OpError::Damaged(format!(
+                        "{}: {what}: symlink without a target",
+                        backup_dir.display()
+                    )));
+                };
+                if present.is_some() {
+                    dev.remove(&rec.domain, &rec.relative_path)?;
+                }
+                dev.symlink(&rec.domain, &rec.relative_path, t)?;
+                report.symlinks += 1;
+            }
+            RecordKind::File => {
+                let mut reader = backup.open_file(rec)?;
+                let blob = backup.blob_path(rec)?;
+                let mut plain = Zeroizing::new(Vec::with_capacity(reader.len() as usize));
+                reader.read_to_end(&mut plain).map_err(io_err(&blob))?;
+                if !reader.padding_ok() || plain.len() as u64 != f.size {
+                    return Err(OpError::Damaged(format!(
+                        "{}: {what}: the blob does not decrypt to its recorded {} bytes",
+                        blob.display(),
+                        f.size
+                    )));
+                }
+                let class = ProtectionClass(f.protection_class);
+                let class = if class.is_file_class() && class.0 <= 4 {
+                    class
+                } else {
+                    ProtectionClass::UNTIL_FIRST_AUTH
+                };
+                if matches!(
+                    present,
+                    Some(EntryKind::Directory | EntryKind::Symlink { .. })
+                ) {
+                    dev.remove(&rec.domain, &rec.relative_path)?;
+                }
+                let put = PutOptions {
+                    class,
+                    mode: f.mode & 0o7777,
+                    uid: f.uid,
+                    gid: f.gid,
+                    mtime: Some(f.mtime),
+                    exclude_from_backup: false,
+                };
+                dev.put(
+                    &rec.domain,
+                    &rec.relative_path,
+                    &mut Cursor::new(&plain[..]),
+                    &put,
+                )?;
+                report.files += 1;
+                report.bytes += plain.len() as u64;
+            }
+            RecordKind::Other(flags) => report.skipped.push(Skip {
+                kind: format!("flags={flags}"),
+                what,
+                class: None,
+                reason: "not a file, folder or symlink".into(),
+            }),
+        }
+    }
+
+    if let Some(kc) = kc {
+        let mut have: std::collections::HashSet<Vec<u8>> = dev
+            .keychain_items()?
+            .iter()
+            .map(|i| identity(&i.table, i.class, &i.attributes))
+            .collect();
+        for it in kc.items {
+            let rowid = it.rowid.unwrap_or(0);
+            let class = it.class;
+            match (&it.state, class) {
+                (ItemState::Open, Some(class)) if class.0 != 12 => {
+                    let what = describe_item(&it.table, rowid, &it.attributes);
+                    let line = (it.table.clone(), class_name(class), what);
+                    if !have.insert(identity(&it.table, class, &it.attributes)) {
+                        report.keychain_present.push(line);
+                        continue;
+                    }
+                    dev.keychain_add(&it.table, class, it.attributes.clone())?;
+                    report.keychain_restored.push(line);
+                }
+                (state, _) => {
+                    let reason = match (state, class) {
+                        (ItemState::Open, _) => {
+                            "akpu items are never restored from a backup".into()
+                        }
+                        _ => lost_reason(encrypted, class, state),
+                    };
+                    report.lost.push(Skip {
+                        kind: "keychain".into(),
+                        what: format!("{} #{rowid}", it.table),
+                        class: class.map(class_name),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    drop(dev);
+
+    // Switch: target → aside, staging → target, remove the old one.
+    let aside = sibling(dir, "keybag-before-restore");
+    fs::rename(dir, &aside).map_err(io_err(dir))?;
+    if let Err(e) = fs::rename(&staging, dir) {
+        let _ = fs::rename(&aside, dir);
+        return Err(OpError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        });
+    }
+    cleanup.0 = Some(aside);
+    drop(cleanup);
+    Ok(report)
+}
