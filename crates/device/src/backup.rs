@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use dataprotection::{DeviceKey, Passkey, ProtectionClass};
+use mobilebackup::blob::BlobReader;
 use mobilebackup::keychain::{DerValue, NewKeychainItem};
 use mobilebackup::plists::DeviceInfo;
 use mobilebackup::writer::{
@@ -431,11 +432,27 @@ pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<Bac
                                 }
                             }
                         }
-                        let mut buf = Vec::with_capacity(e.size as usize);
-                        device.get(&e.domain, &e.path, &mut buf)?;
+                        // Only the key is unwrapped here; the blob is decrypted
+                        // (streaming, same CBC+PKCS7 format as backup blobs) inside
+                        // the writer's workers, in parallel with re-encryption.
+                        let of = device.open_file(&e.domain, &e.path)?;
+                        let reader = BlobReader::encrypted(of.blob_path(), of.file_key())?;
+                        if !reader.padding_ok() || reader.len() != e.size {
+                            return Err(OpError::Refused(format!(
+                                "{}: damaged file on the device ({}/{}): {}",
+                                of.blob_path().display(),
+                                e.domain,
+                                e.path,
+                                if reader.padding_ok() {
+                                    format!("{} bytes, index says {}", reader.len(), e.size)
+                                } else {
+                                    "bad padding".to_string()
+                                }
+                            )));
+                        }
                         report.files += 1;
-                        report.bytes += buf.len() as u64;
-                        NewRecord::file(&e.domain, &e.path, Content::Bytes(buf))
+                        report.bytes += reader.len();
+                        NewRecord::file(&e.domain, &e.path, Content::Reader(Box::new(reader)))
                     }
                 };
                 fill_meta(&mut rec, e);
