@@ -403,3 +403,52 @@ fn akpu_needs_a_passcode_from_the_command_line() {
     assert_eq!(code(&o), 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs a passcode"));
 }
+
+#[test]
+fn device_backup_keeps_the_backup_password_on_the_device() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("phone");
+    let d = dir.to_str().unwrap();
+    ok(&keybag(
+        &["device", "init", d, "--name", "enc phone"],
+        &[],
+        None,
+    ));
+    let out = t.path().join("backup");
+    let o = out.to_str().unwrap();
+    let pw = [("KEYBAG_PASSWORD", "cli backup pw")];
+    let first: Value = serde_json::from_str(&ok(&keybag(
+        &["device", "backup", d, o, "--encrypt", "--json"],
+        &pw,
+        None,
+    )))
+    .unwrap();
+    assert_eq!(first["encrypted"], true);
+    assert_eq!(first["backup_password_set"], true);
+    assert_eq!(first["kdf_runs"], 1);
+    // No --encrypt, no password anywhere: still encrypted, with the device's keybag, no KDF.
+    let text = ok(&keybag(&["device", "backup", d, o], &[], None));
+    assert!(text.starts_with("Encrypted backup"), "{text}");
+    assert!(
+        text.contains("encrypted with the backup password held by the device"),
+        "{text}"
+    );
+    let again: Value = serde_json::from_str(&ok(&keybag(
+        &["device", "backup", d, o, "--json"],
+        &[],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(again["encrypted"], true);
+    assert_eq!(again["device_keybag"], true);
+    assert_eq!(again["kdf_runs"], 0);
+    // The backup still opens with the password set the first time.
+    let listed = keybag(&["verify", o], &pw, None);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let wrong = keybag(&["verify", o], &[("KEYBAG_PASSWORD", "not it")], None);
+    assert!(!wrong.status.success());
+}

@@ -398,6 +398,17 @@ impl Keybag {
         device_key: &DeviceKey,
         dpic: u32,
     ) -> Result<(Keybag, UnlockedKeybag)> {
+        Self::new_backup_with_passkey(password, device_key, dpic).map(|(kb, keys, _)| (kb, keys))
+    }
+
+    /// [`new_backup`](Self::new_backup), also returning the passkey the password derived to
+    /// (one KDF run), so that a device can keep the keybag and reopen it later with
+    /// [`unlock`](Self::unlock) without running the KDF again.
+    pub fn new_backup_with_passkey(
+        password: &[u8],
+        device_key: &DeviceKey,
+        dpic: u32,
+    ) -> Result<(Keybag, UnlockedKeybag, Passkey)> {
         let mut kb = Keybag {
             version: Some(5),
             type_raw: Some(kind::BACKUP),
@@ -444,7 +455,7 @@ impl Keybag {
             });
             unlocked.keys.insert(ProtectionClass(class), key);
         }
-        Ok((kb, unlocked))
+        Ok((kb, unlocked, passkey))
     }
 }
 

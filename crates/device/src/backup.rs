@@ -18,6 +18,16 @@
 //!   (domain, path, size, mtime, class) did not change keep their blob (hard-linked, their key
 //!   re-wrapped), so an unchanged device is re-backed up without re-encrypting anything
 //!   ([`BackupReport::reused`]). The new backup is built beside the old one and swapped in.
+//! * "Encrypt local backup" lives on the device, as on iOS: the first backup made with a
+//!   password derives the backup keybag (one PBKDF2 run of `dpic` rounds) and the device
+//!   keeps it in `secure/backup-keybag`, its passkey wrapped under a UID-derived key (like a
+//!   ThisDeviceOnly keychain item: a copy of the folder on another UID cannot open it).
+//!   [`backup_with_device_setting`] without a password then encrypts with that keybag and
+//!   runs no KDF at all; with a password it runs one KDF to check it against the kept keybag
+//!   and keeps it when it opens, or (another password: "changing the backup password on the
+//!   phone") makes a fresh keybag and keeps that instead. An incremental backup under the
+//!   same keybag opens the previous backup with the kept passkey (no KDF) and keeps every
+//!   unchanged file's `EncryptionKey` as is. [`BackupReport::kdf_runs`] counts the KDF runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -26,12 +36,13 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use dataprotection::{DeviceKey, Passkey, ProtectionClass};
+use dataprotection::keybag::Keybag;
+use dataprotection::{DeviceKey, KdfLimits, Passkey, ProtectionClass};
 use mobilebackup::blob::BlobReader;
 use mobilebackup::keychain::{DerValue, NewKeychainItem};
 use mobilebackup::plists::DeviceInfo;
 use mobilebackup::writer::{
-    BackupWriter, Content, Encryption, Kind, NewRecord, UnencryptedKeybag, WriterOptions,
+    BackupWriter, Content, ExistingKeybag, Kind, NewRecord, UnencryptedKeybag, WriterOptions,
     DEFAULT_DPIC,
 };
 use mobilebackup::{Backup, Credentials, RecordKind, Secret};
@@ -39,6 +50,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::device::backup_keybag_path;
+use crate::meta::write_atomic;
+use crate::sep::label;
 use crate::{Device, EntryKind};
 
 /// Errors of backup, restore and import.
@@ -129,6 +143,16 @@ pub struct BackupReport {
     /// Left out, with reasons (excluded paths, classes unavailable while locked, keychain items
     /// that are never exported).
     pub skipped: Vec<Skip>,
+    /// Backup-password KDF runs (PBKDF2, `dpic` rounds each) this backup performed: 0 when
+    /// it used the keybag the device holds without a password, 1 when a password was
+    /// checked against it or set for the first time, 2 when a new password replaced it.
+    /// Opening the previous backup with a password (another keybag) counts too.
+    pub kdf_runs: u32,
+    /// Encrypted with the backup keybag the device holds, without being given the password.
+    pub device_keybag: bool,
+    /// This backup set the device's backup password (first time, or a different one): the
+    /// device now holds the new backup keybag.
+    pub backup_password_set: bool,
 }
 
 /// The key of the password layer of this device's unencrypted backups' keybags: derived from
@@ -202,31 +226,158 @@ pub(crate) fn describe_item(table: &str, rowid: u64, attrs: &BTreeMap<String, De
     }
 }
 
+/// The backup keybag a device keeps once "encrypt local backup" is on, with the passkey
+/// its password derived to.
+struct KeptKeybag {
+    keybag: Keybag,
+    passkey: Passkey,
+}
+
+const KEPT_MAGIC: &[u8; 4] = b"KBBK";
+const KEPT_VERSION: u32 = 1;
+/// Magic, version, the wrapped passkey.
+const KEPT_HEADER: usize = 4 + 4 + 40;
+
+/// The kept backup keybag: `Ok(None)` when the device holds none; an error when it holds one
+/// it cannot use (made on another UID, or damaged).
+fn load_kept(device: &Device) -> OpResult<Option<KeptKeybag>> {
+    let path = backup_keybag_path(device.dir());
+    let bytes = match fs::read(&path) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let unusable = |why: &str| {
+        OpError::Refused(format!(
+            "{}: this device's backup password cannot be used ({why}); back up with the \
+             password (--encrypt) to set it again",
+            path.display()
+        ))
+    };
+    if bytes.len() <= KEPT_HEADER
+        || &bytes[..4] != KEPT_MAGIC
+        || bytes[4..8] != KEPT_VERSION.to_be_bytes()
+    {
+        return Err(unusable("not a backup keybag file"));
+    }
+    let kek = device.uid.derive(label::BACKUP_KEYBAG);
+    let passkey = dataprotection::wrap::unwrap_key(&kek, &bytes[8..KEPT_HEADER])
+        .map_err(|_| unusable("it was made on another device, or is damaged"))?;
+    let keybag =
+        Keybag::parse(&bytes[KEPT_HEADER..]).map_err(|_| unusable("its keybag is damaged"))?;
+    keybag
+        .unlock(&passkey, Some(&device.device_key()))
+        .map_err(|_| unusable("its keybag does not open"))?;
+    Ok(Some(KeptKeybag { keybag, passkey }))
+}
+
+fn store_kept(device: &Device, kept: &KeptKeybag) -> OpResult<()> {
+    let kek = device.uid.derive(label::BACKUP_KEYBAG);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(KEPT_HEADER + 1024));
+    bytes.extend_from_slice(KEPT_MAGIC);
+    bytes.extend_from_slice(&KEPT_VERSION.to_be_bytes());
+    bytes.extend_from_slice(&dataprotection::wrap::wrap_key(&kek, &kept.passkey));
+    bytes.extend_from_slice(&kept.keybag.to_bytes());
+    write_atomic(&backup_keybag_path(device.dir()), &bytes, 0o600)?;
+    Ok(())
+}
+
+const NO_KDF_LIMITS: KdfLimits = KdfLimits {
+    max_dpic: u32::MAX,
+    max_iter: u32::MAX,
+};
+
+/// The keybag of this backup (`None`: unencrypted), whether to keep it on the device, and the
+/// kept keybag it replaces (which still opens the previous backup without a KDF).
+type Chosen = (Option<(KeptKeybag, bool)>, Option<KeptKeybag>);
+
+fn choose_keybag(
+    device: &Device,
+    opts: &BackupOptions,
+    use_device_setting: bool,
+    report: &mut BackupReport,
+) -> OpResult<Chosen> {
+    let Some(pw) = &opts.password else {
+        if !use_device_setting {
+            return Ok((None, None));
+        }
+        let kept = load_kept(device)?;
+        report.device_keybag = kept.is_some();
+        return Ok((kept.map(|k| (k, false)), None));
+    };
+    let device_key = device.device_key();
+    // A kept keybag this password opens is kept; an unusable one is replaced.
+    let replaced = load_kept(device).ok().flatten();
+    if let Some(kept) = &replaced {
+        report.kdf_runs += 1;
+        if let Ok(pk) = kept.keybag.derive_passkey(pw, &NO_KDF_LIMITS) {
+            if kept.keybag.unlock(&pk, Some(&device_key)).is_ok() {
+                return Ok((replaced.map(|k| (k, false)), None));
+            }
+        }
+    }
+    report.kdf_runs += 1;
+    let (keybag, _, passkey) = Keybag::new_backup_with_passkey(pw, &device_key, opts.dpic)
+        .map_err(|e| OpError::Refused(format!("cannot make a backup keybag: {e}")))?;
+    Ok((Some((KeptKeybag { keybag, passkey }, true)), replaced))
+}
+
 /// A previous backup in the output folder whose blobs can be reused.
 struct Previous {
     backup: Backup,
+    /// Made under the same keybag as the new backup: wrapped file keys are kept as they are.
+    same_keybag: bool,
     /// (domain, path) → (fileID, size, mtime, class, EncryptionKey, Digest).
     files: HashMap<(String, String), mobilebackup::Record>,
 }
 
-fn open_previous(device: &Device, out: &Path, opts: &BackupOptions) -> Option<Previous> {
+fn open_previous(
+    device: &Device,
+    out: &Path,
+    opts: &BackupOptions,
+    kept: Option<&KeptKeybag>,
+    replaced: Option<&KeptKeybag>,
+    kdf_runs: &mut u32,
+) -> Option<Previous> {
     let mut b = Backup::open(out).ok()?;
     if b.device().udid.as_deref() != Some(device.udid()) {
         return None;
     }
-    if b.is_encrypted() != opts.password.is_some() {
+    if b.is_encrypted() != kept.is_some() {
         return None;
     }
-    if let Some(pw) = &opts.password {
-        let creds = Credentials {
-            secret: Secret::Password(pw.clone()),
-            device_key: None,
-            limits: dataprotection::KdfLimits {
-                max_dpic: u32::MAX,
-                max_iter: u32::MAX,
-            },
+    let mut same_keybag = false;
+    if let Some(kept) = kept {
+        let made_under = |k: &KeptKeybag| {
+            b.keybag().is_some_and(|kb| {
+                kb.uuid.is_some()
+                    && kb.uuid == k.keybag.uuid
+                    && kb.to_bytes() == k.keybag.to_bytes()
+            })
         };
-        b.unlock(&creds).ok()?;
+        let (same, under_replaced) = (made_under(kept), replaced.is_some_and(made_under));
+        let device_key = device.device_key();
+        if same
+            && b.unlock_with_passkey(&kept.passkey, Some(&device_key))
+                .is_ok()
+        {
+            same_keybag = true;
+        } else if under_replaced
+            && b.unlock_with_passkey(&replaced.expect("checked").passkey, Some(&device_key))
+                .is_ok()
+        {
+            // Made under the keybag a new password replaces: it still opens it, no KDF.
+        } else {
+            // Made under another keybag: only the password opens it (one KDF run).
+            let pw = opts.password.as_ref()?;
+            let creds = Credentials {
+                secret: Secret::Password(pw.clone()),
+                device_key: None,
+                limits: NO_KDF_LIMITS,
+            };
+            *kdf_runs += 1;
+            b.unlock(&creds).ok()?;
+        }
     }
     let cat = b.catalog().ok()?;
     let files = cat
@@ -235,20 +386,64 @@ fn open_previous(device: &Device, out: &Path, opts: &BackupOptions) -> Option<Pr
         .filter(|r| r.kind() == RecordKind::File && r.problem.is_none())
         .map(|r| ((r.domain.clone(), r.relative_path.clone()), r))
         .collect();
-    Some(Previous { backup: b, files })
+    Some(Previous {
+        backup: b,
+        same_keybag,
+        files,
+    })
 }
 
 /// Backs `device` up into the folder `out` (created, or replaced when it holds an older backup).
+///
+/// `opts.password` `Some`: an encrypted backup under that password; the device keeps its
+/// backup keybag (see the module docs), so later backups need no KDF. `None`: an unencrypted
+/// backup, as the caller asks, even when the device has backup encryption on (see
+/// [`backup_with_device_setting`] for what a phone does).
 pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<BackupReport> {
+    backup_inner(device, out, opts, false)
+}
+
+/// [`backup`] as a phone does it: without a password, a device with backup encryption on
+/// ([`Device::backup_encryption`]) makes an encrypted backup with the keybag it holds (no
+/// password asked, no KDF); one without makes an unencrypted backup. A device holding a
+/// backup keybag it cannot open (its folder was copied onto another UID) is refused: give the
+/// password to set it again. With a password, the same as [`backup`].
+pub fn backup_with_device_setting(
+    device: &Device,
+    out: &Path,
+    opts: &BackupOptions,
+) -> OpResult<BackupReport> {
+    backup_inner(device, out, opts, true)
+}
+
+fn backup_inner(
+    device: &Device,
+    out: &Path,
+    opts: &BackupOptions,
+    use_device_setting: bool,
+) -> OpResult<BackupReport> {
     let existing = fs::symlink_metadata(out).is_ok();
+    if existing && !out.join("Manifest.plist").is_file() {
+        return Err(OpError::Refused(format!(
+            "{}: exists and is not a backup; refusing to replace it",
+            out.display()
+        )));
+    }
+    let mut report = BackupReport {
+        out: out.to_path_buf(),
+        ..BackupReport::default()
+    };
+    let (chosen, replaced) = choose_keybag(device, opts, use_device_setting, &mut report)?;
+    report.encrypted = chosen.is_some();
     let previous = if existing {
-        if !out.join("Manifest.plist").is_file() {
-            return Err(OpError::Refused(format!(
-                "{}: exists and is not a backup; refusing to replace it",
-                out.display()
-            )));
-        }
-        open_previous(device, out, opts)
+        open_previous(
+            device,
+            out,
+            opts,
+            chosen.as_ref().map(|(k, _)| k),
+            replaced.as_ref(),
+            &mut report.kdf_runs,
+        )
     } else {
         None
     };
@@ -267,12 +462,12 @@ pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<Bac
     }
 
     let device_key = device.device_key();
-    let encryption = opts.password.as_ref().map(|pw| Encryption {
-        password: pw.clone(),
-        dpic: opts.dpic,
-        device_key: Some(device_key.clone()),
+    let existing_keybag = chosen.as_ref().map(|(k, _)| ExistingKeybag {
+        keybag: k.keybag.clone(),
+        passkey: k.passkey.clone(),
+        device_key: device_key.clone(),
     });
-    let unencrypted_keybag = opts.password.is_none().then(|| UnencryptedKeybag {
+    let unencrypted_keybag = chosen.is_none().then(|| UnencryptedKeybag {
         passkey: unencrypted_backup_passkey(&device_key),
         device_key: device_key.clone(),
     });
@@ -284,18 +479,14 @@ pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<Bac
             udid: Some(device.udid().to_string()),
             ..DeviceInfo::default()
         },
-        encryption,
+        encryption: None,
         date: SystemTime::now(),
         passcode_set: device.passcode_set(),
         applications: device.apps()?,
         unencrypted_keybag,
+        existing_keybag,
     };
     let writer = BackupWriter::create(&target, wopts)?;
-    let mut report = BackupReport {
-        out: out.to_path_buf(),
-        encrypted: opts.password.is_some(),
-        ..BackupReport::default()
-    };
 
     // Files.
     let entries = device.entries(None)?;
@@ -398,35 +589,53 @@ pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<Bac
                                         content: Content::Bytes(Vec::new()),
                                         protection_class: e.class.0,
                                     };
-                                    let key = match old
-                                        .file
-                                        .as_ref()
-                                        .and_then(|f| f.encryption_key.as_ref())
-                                    {
-                                        Some(k) => match prev.backup.keys() {
-                                            Some(keys) => keys.unwrap_persistent(k).ok(),
+                                    let wrapped =
+                                        old.file.as_ref().and_then(|f| f.encryption_key.as_ref());
+                                    if prev.same_keybag {
+                                        // Same keybag: the wrapped key is kept as it is.
+                                        if let Some(w) = wrapped {
+                                            let blob = prev.backup.blob_path(old)?;
+                                            let digest =
+                                                old.file.as_ref().and_then(|f| f.digest.clone());
+                                            if writer
+                                                .add_existing_blob_wrapped(
+                                                    meta, &blob, w, e.size, digest,
+                                                )
+                                                .is_ok()
+                                            {
+                                                report.files += 1;
+                                                report.bytes += e.size;
+                                                report.reused += 1;
+                                                continue;
+                                            }
+                                        }
+                                    } else {
+                                        let key = match wrapped {
+                                            Some(k) => match prev.backup.keys() {
+                                                Some(keys) => keys.unwrap_persistent(k).ok(),
+                                                None => None,
+                                            },
                                             None => None,
-                                        },
-                                        None => None,
-                                    };
-                                    if key.is_some() == prev.backup.is_encrypted() {
-                                        let blob = prev.backup.blob_path(old)?;
-                                        let digest =
-                                            old.file.as_ref().and_then(|f| f.digest.clone());
-                                        if writer
-                                            .add_existing_blob(
-                                                meta,
-                                                &blob,
-                                                key.as_ref(),
-                                                e.size,
-                                                digest,
-                                            )
-                                            .is_ok()
-                                        {
-                                            report.files += 1;
-                                            report.bytes += e.size;
-                                            report.reused += 1;
-                                            continue;
+                                        };
+                                        if key.is_some() == prev.backup.is_encrypted() {
+                                            let blob = prev.backup.blob_path(old)?;
+                                            let digest =
+                                                old.file.as_ref().and_then(|f| f.digest.clone());
+                                            if writer
+                                                .add_existing_blob(
+                                                    meta,
+                                                    &blob,
+                                                    key.as_ref(),
+                                                    e.size,
+                                                    digest,
+                                                )
+                                                .is_ok()
+                                            {
+                                                report.files += 1;
+                                                report.bytes += e.size;
+                                                report.reused += 1;
+                                                continue;
+                                            }
                                         }
                                     }
                                 }
@@ -547,6 +756,10 @@ pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<Bac
             });
         }
         fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+    }
+    if let Some((kept, true)) = &chosen {
+        store_kept(device, kept)?;
+        report.backup_password_set = true;
     }
     Ok(report)
 }

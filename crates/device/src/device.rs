@@ -74,6 +74,9 @@ pub(crate) fn locker_path(dir: &Path) -> PathBuf {
 pub(crate) fn keybag_path(dir: &Path) -> PathBuf {
     secure(dir).join("systembag.kb")
 }
+pub(crate) fn backup_keybag_path(dir: &Path) -> PathBuf {
+    secure(dir).join("backup-keybag")
+}
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
     let mut b = std::fs::DirBuilder::new();
@@ -285,6 +288,13 @@ impl Device {
     /// The system keybag (verified; class keys wrapped). For inspection and tests.
     pub fn system_keybag(&self) -> &Keybag {
         &self.keybag
+    }
+
+    /// Whether "encrypt local backup" is on: the device holds a backup keybag
+    /// (`secure/backup-keybag`, see [`crate::backup`]), so its backups are encrypted without
+    /// asking for the password.
+    pub fn backup_encryption(&self) -> bool {
+        backup_keybag_path(&self.dir).is_file()
     }
 
     /// Key 0x835 = AES-256-ECB(UID, 16 × 0x01), for building backups. Never printed by the CLI.

@@ -10,6 +10,7 @@
 //! | `secure/uid.key` | the 32-byte UID (mode 0600, folder 0700). The only place it lives; no command prints or exports it, only [`Device::device_key`] (0x835) leaves | yes |
 //! | `secure/locker` | 32 random bytes, the `BAG1`-style effaceable locker: with the UID it keys the keybag signature; replaced at every passcode change (so an old keybag copy no longer verifies) and destroyed by a wipe | yes |
 //! | `secure/systembag.kb` | `DATA` (the system keybag TLV: `VERS` 4, `TYPE` 0, `UUID`, `WRAP`, `SALT`, `ITER`, class records) then `SIGN` (HMAC-SHA256) | class keys wrapped |
+//! | `secure/backup-keybag` | only once a backup was made with a password ("encrypt local backup" on): `KBBK`, version 1, the password's 32-byte passkey RFC 3394-wrapped (40 bytes) under a UID-derived key, then the backup keybag TLV. Like iOS, which keeps the backup password on the phone (device-bound, as a ThisDeviceOnly item: a copied folder with another UID cannot open it), later backups reuse this keybag without asking for the password or running its KDF ([`backup::backup_with_device_setting`]); a backup with another password replaces it | passkey wrapped |
 //! | `run/session` | the class keys the SEP holds in RAM after first unlock, AES-GCM under a UID-derived key. A real SEP never writes these out; the file only exists so separate CLI invocations share a boot. `lock` rewrites it without A, B-private, ak, aku, akpu; `restart` deletes it | yes |
 //! | `store.db`, `store/xx/<id>` | SQLite index of files (domain, path, kind, mode, owner, times, class, wrapped file key, exclude flag, blob id, size) and the encrypted blobs | contents encrypted |
 //! | `keychain.db` | SQLite: `rowid`, `tbl`, `class`, wrapped item key, AES-GCM of the item's DER attribute dictionary | attributes encrypted |
@@ -18,7 +19,8 @@
 //!
 //! * UID-derived keys: key 0x835 = AES-256-ECB(UID, 16 × 0x01), as IDP computes it; the
 //!   others are labelled HMAC-SHA256(UID, label) (the spec's advice in §1.2): the KEK of
-//!   `WRAP=1` class keys, the passcode tangle key, the keybag signing key, the session key.
+//!   `WRAP=1` class keys, the passcode tangle key, the keybag signing key, the session key,
+//!   the KEK of the kept backup password's passkey.
 //! * Passcode key = HMAC-SHA256(tangle key, PBKDF2-HMAC-SHA256(passcode, SALT, ITER)). The
 //!   UID makes it device-bound (a copied folder with another UID fails with the right
 //!   passcode); `ITER` is calibrated at init to ≈80 ms per guess ([`calibrate_iterations`])

@@ -22,6 +22,8 @@ pub(crate) mod label {
     pub const KEYBAG_SIGN: &str = "keybag.device/keybag-sign";
     /// Key of `run/session` (the stand-in for SEP memory).
     pub const SESSION: &str = "keybag.device/session";
+    /// KEK (RFC 3394) of the backup password's passkey in `secure/backup-keybag`.
+    pub const BACKUP_KEYBAG: &str = "keybag.device/backup-keybag";
 }
 
 /// The device's hardware UID (a 256-bit AES key). Only this module uses its bytes.

@@ -89,6 +89,34 @@ pub struct WriterOptions {
     /// re-derive and its own key 0x835, so that it alone can restore that keychain, as iOS
     /// does (design §4.3: "Unenc. local → same device: keychain restored").
     pub unencrypted_keybag: Option<UnencryptedKeybag>,
+    /// An encrypted backup under a keybag made earlier (with its passkey), instead of a fresh
+    /// one: no KDF runs. This is how a phone with "encrypt local backup" on makes every
+    /// backup after the first: it keeps the backup keybag and the key derived from the
+    /// password, so incremental backups neither ask for the password nor re-derive it.
+    /// Exclusive with [`encryption`](Self::encryption) (both set is an error).
+    pub existing_keybag: Option<ExistingKeybag>,
+}
+
+/// A backup keybag made earlier, with the keys that open it (see
+/// [`WriterOptions::existing_keybag`]).
+pub struct ExistingKeybag {
+    /// The keybag (as [`Keybag::new_backup_with_passkey`] made it); written unchanged as
+    /// `Manifest.plist` `BackupKeyBag`.
+    pub keybag: Keybag,
+    /// The key the backup password derived to (the keybag's password layer).
+    pub passkey: dataprotection::Passkey,
+    /// The device key 0x835 sealing classes 5 and 9–11 (`WRAP=3`).
+    pub device_key: DeviceKey,
+}
+
+impl fmt::Debug for ExistingKeybag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExistingKeybag")
+            .field("uuid", &self.keybag.uuid_string())
+            .field("passkey", &"(redacted)")
+            .field("device_key", &self.device_key)
+            .finish()
+    }
 }
 
 /// The keys sealing an unencrypted backup's keybag (see [`WriterOptions::unencrypted_keybag`]).
@@ -118,6 +146,7 @@ impl Default for WriterOptions {
             passcode_set: false,
             applications: Vec::new(),
             unencrypted_keybag: None,
+            existing_keybag: None,
         }
     }
 }
@@ -323,9 +352,19 @@ struct Row {
 /// An existing blob to link instead of writing one.
 struct Existing<'a> {
     blob: &'a Path,
-    file_key: Option<&'a Key256>,
+    file_key: ExistingKey<'a>,
     size: u64,
     digest: Option<Vec<u8>>,
+}
+
+/// The key of an existing blob.
+enum ExistingKey<'a> {
+    /// Unencrypted backups.
+    None,
+    /// The plain per-file key, wrapped under this backup's class key.
+    Plain(&'a Key256),
+    /// `EncryptionKey` as already wrapped under this backup's keybag: kept as is.
+    Wrapped(&'a [u8]),
 }
 
 /// What writing a blob produced.
@@ -374,7 +413,8 @@ impl BackupWriter {
     /// `out_dir` must not exist (an [`Error::Io`] with kind `AlreadyExists` naming it
     /// otherwise) and its parent must be an existing folder. Work happens in the staging
     /// folder `<parent>/.<name>.keybag-partial-<random>`. For encrypted backups this runs the
-    /// password KDF once (`dpic` PBKDF2-SHA256 iterations, seconds at Apple's count).
+    /// password KDF once (`dpic` PBKDF2-SHA256 iterations, seconds at Apple's count), unless
+    /// [`WriterOptions::existing_keybag`] gives the keybag and its passkey (no KDF).
     pub fn create(out_dir: &Path, opts: WriterOptions) -> Result<Self> {
         let staging = Staging::new(out_dir)?;
         let WriterOptions {
@@ -384,12 +424,35 @@ impl BackupWriter {
             passcode_set,
             applications,
             unencrypted_keybag,
+            existing_keybag,
         } = opts;
         // Whole seconds: Python's plistlib (mvt) rejects fractional seconds in XML dates.
         let date = UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds(date).max(0) as u64);
         let mut unencrypted_keys = None;
-        let (keybag, unlocked, device_key) = match encryption {
-            Some(enc) => {
+        let (keybag, unlocked, device_key) = match (encryption, existing_keybag) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Malformed {
+                    path: out_dir.to_path_buf(),
+                    reason: "writer options: `encryption` and `existing_keybag` are exclusive"
+                        .into(),
+                })
+            }
+            (None, Some(ex)) => {
+                let unlocked = ex
+                    .keybag
+                    .unlock(&ex.passkey, Some(&ex.device_key))
+                    .map_err(|source| match source {
+                        dataprotection::Error::WrongPassword => Error::WrongPassword {
+                            path: out_dir.to_path_buf(),
+                        },
+                        source => Error::Crypto {
+                            path: out_dir.to_path_buf(),
+                            source,
+                        },
+                    })?;
+                (ex.keybag, Some(unlocked), ex.device_key)
+            }
+            (Some(enc), None) => {
                 let device_key = enc.device_key.clone().unwrap_or_else(DeviceKey::random);
                 let (kb, unlocked) = Keybag::new_backup(&enc.password, &device_key, enc.dpic)
                     .map_err(|source| Error::Crypto {
@@ -398,7 +461,7 @@ impl BackupWriter {
                     })?;
                 (kb, Some(unlocked), device_key)
             }
-            None => match unencrypted_keybag {
+            (None, None) => match unencrypted_keybag {
                 Some(UnencryptedKeybag {
                     passkey,
                     device_key,
@@ -517,7 +580,57 @@ impl BackupWriter {
             rec,
             Some(Existing {
                 blob,
-                file_key,
+                file_key: file_key.map_or(ExistingKey::None, ExistingKey::Plain),
+                size,
+                digest,
+            }),
+        )
+    }
+
+    /// [`add_existing_blob`](Self::add_existing_blob) for an encrypted backup made under the
+    /// same keybag as the blob's previous backup ([`WriterOptions::existing_keybag`]):
+    /// `wrapped_key` is the blob's `EncryptionKey` from that backup and is kept as is (no
+    /// re-wrap). It must name the record's class and open under this backup's keybag (checked;
+    /// an [`Error::BadRecord`] otherwise).
+    pub fn add_existing_blob_wrapped(
+        &self,
+        rec: NewRecord,
+        blob: &Path,
+        wrapped_key: &[u8],
+        size: u64,
+        digest: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let bad = |reason: &str| Error::BadRecord {
+            domain: rec.domain.clone(),
+            relative_path: rec.relative_path.clone(),
+            reason: reason.into(),
+        };
+        let Some(unlocked) = &self.unlocked else {
+            return Err(bad("a wrapped file key needs an encrypted backup"));
+        };
+        let class = match &rec.kind {
+            Kind::File {
+                protection_class, ..
+            } => *protection_class,
+            _ => return Err(bad("an existing blob must be a regular file")),
+        };
+        if wrapped_key.len() < 4
+            || ProtectionClass::masked(u32::from_le_bytes(
+                wrapped_key[..4].try_into().expect("4 bytes"),
+            )) != ProtectionClass(class)
+        {
+            return Err(bad("the wrapped file key names another protection class"));
+        }
+        if unlocked.unwrap_persistent(wrapped_key).is_err() {
+            return Err(bad(
+                "the wrapped file key does not open under this backup's keybag",
+            ));
+        }
+        self.add_inner(
+            rec,
+            Some(Existing {
+                blob,
+                file_key: ExistingKey::Wrapped(wrapped_key),
                 size,
                 digest,
             }),
@@ -707,7 +820,8 @@ impl BackupWriter {
             copied?;
         }
         let encryption_key = match (&self.unlocked, ex.file_key) {
-            (Some(unlocked), Some(key)) => Some(
+            (Some(_), ExistingKey::Wrapped(w)) => Some(w.to_vec()),
+            (Some(unlocked), ExistingKey::Plain(key)) => Some(
                 unlocked
                     .wrap_persistent(ProtectionClass(class), key)
                     .map_err(|source| Error::Crypto {
@@ -1197,6 +1311,7 @@ mod tests {
                 .chain(["com.example.Notes".into()])
                 .collect(),
             unencrypted_keybag: None,
+            existing_keybag: None,
         }
     }
 
@@ -2177,5 +2292,99 @@ mod tests {
             assert_eq!(got, content);
             assert!(r.file.as_ref().unwrap().digest.is_some());
         }
+    }
+
+    #[test]
+    fn existing_keybag_needs_no_kdf_and_opens_with_the_original_password() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dk = DeviceKey::random();
+        // The one KDF run: what a device does when the backup password is set.
+        let (kb, _, pk) = Keybag::new_backup_with_passkey(PW, &dk, 1000).unwrap();
+        let existing = || ExistingKeybag {
+            keybag: kb.clone(),
+            passkey: pk.clone(),
+            device_key: dk.clone(),
+        };
+        let content = b"written under a kept keybag".to_vec();
+        let rec = |c: Vec<u8>| {
+            let mut r = NewRecord::file("HomeDomain", "Library/x", Content::Bytes(c.clone()));
+            r.kind = Kind::File {
+                content: Content::Bytes(c),
+                protection_class: 3,
+            };
+            r
+        };
+        let write = |name: &str, reuse: Option<(&Path, Vec<u8>)>| {
+            let out = tmp.path().join(name);
+            let mut o = opts(false);
+            o.existing_keybag = Some(existing());
+            let w = BackupWriter::create(&out, o).unwrap();
+            match reuse {
+                None => w.add(rec(content.clone())).unwrap(),
+                Some((blob, wrapped)) => {
+                    // A key of another class, or garbage, is refused.
+                    let mut other = wrapped.clone();
+                    other[0] = 2;
+                    assert!(w
+                        .add_existing_blob_wrapped(rec(Vec::new()), blob, &other, 27, None)
+                        .is_err());
+                    let mut garbage = wrapped.clone();
+                    garbage[10] ^= 1;
+                    assert!(w
+                        .add_existing_blob_wrapped(rec(Vec::new()), blob, &garbage, 27, None)
+                        .is_err());
+                    w.add_existing_blob_wrapped(rec(Vec::new()), blob, &wrapped, 27, None)
+                        .unwrap()
+                }
+            }
+            w.finish().unwrap()
+        };
+        let read = |out: &Path| {
+            let mut b = crate::Backup::open(out).unwrap();
+            assert_eq!(b.keybag().unwrap().to_bytes(), kb.to_bytes());
+            let pk = b.derive_passkey(PW, &KdfLimits::default()).unwrap();
+            b.unlock_with_passkey(&pk, None).unwrap();
+            let cat = b.catalog().unwrap();
+            let r = cat
+                .records
+                .into_iter()
+                .find(|r| r.relative_path == "Library/x")
+                .unwrap();
+            let mut got = Vec::new();
+            b.copy_file(&r, &mut got).unwrap();
+            assert_eq!(got, content);
+            (b, r)
+        };
+        let a = write("a", None);
+        let (old, r) = read(&a);
+        let wrapped = r.file.as_ref().unwrap().encryption_key.clone().unwrap();
+        let b = write("b", Some((&old.blob_path(&r).unwrap(), wrapped.clone())));
+        let (_, r2) = read(&b);
+        // Kept as is, not re-wrapped.
+        assert_eq!(r2.file.unwrap().encryption_key.unwrap(), wrapped);
+        // A wrong passkey is refused; so is giving both a password and a kept keybag.
+        let mut o = opts(false);
+        o.existing_keybag = Some(ExistingKeybag {
+            passkey: dataprotection::Passkey::random(),
+            ..existing()
+        });
+        assert!(matches!(
+            BackupWriter::create(&tmp.path().join("c"), o),
+            Err(Error::WrongPassword { .. })
+        ));
+        let mut o = opts(true);
+        o.existing_keybag = Some(existing());
+        assert!(BackupWriter::create(&tmp.path().join("d"), o).is_err());
+        // Not encrypted: a wrapped key is refused.
+        let w = BackupWriter::create(&tmp.path().join("e"), opts(false)).unwrap();
+        assert!(w
+            .add_existing_blob_wrapped(
+                rec(Vec::new()),
+                &old.blob_path(&r).unwrap(),
+                &wrapped,
+                27,
+                None
+            )
+            .is_err());
     }
 }

@@ -17,6 +17,11 @@ use crate::output::{human_bytes, plural, print_json, sanitize, thousands};
 use crate::secrets::{read_password_file, PASSWORD_ENV};
 
 /// `keybag device backup DIR OUT [--encrypt]`.
+///
+/// As on iOS, "encrypt local backup" is a setting of the device: the first `--encrypt` backup
+/// sets the backup password, and the device keeps its backup keybag (bound to its UID). From
+/// then on every backup of that device is encrypted with it, without asking for the password
+/// and without the password's KDF (seconds at Apple's 10,000,000 rounds).
 #[derive(Debug, Args)]
 pub struct BackupCmd {
     /// The device folder.
@@ -26,8 +31,10 @@ pub struct BackupCmd {
     /// device: unchanged files are not rewritten).
     #[arg(value_name = "OUT")]
     pub out: PathBuf,
-    /// Encrypt the backup; the new backup password comes from --password-file,
-    /// KEYBAG_PASSWORD or a prompt (asked twice).
+    /// Encrypt the backup and set the device's backup password (or check it; a different one
+    /// changes it); the password comes from --password-file, KEYBAG_PASSWORD or a prompt (asked
+    /// twice). Without --encrypt, a device whose backup encryption is on still makes an
+    /// encrypted backup, with the backup password it holds (nothing is asked).
     #[arg(long)]
     pub encrypt: bool,
     /// Read the backup password from the first line of FILE ('-' = stdin).
@@ -188,7 +195,7 @@ pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
         password: pw,
         ..BackupOptions::default()
     };
-    let r = device::backup::backup(&dev, &cmd.out, &opts).map_err(op_error)?;
+    let r = device::backup::backup_with_device_setting(&dev, &cmd.out, &opts).map_err(op_error)?;
     if cmd.json {
         print_json(&r)?;
         return Ok(exit::OK);
@@ -204,6 +211,17 @@ pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
         dev.state(),
         r.out.display()
     );
+    if r.device_keybag {
+        println!(
+            "  encrypted with the backup password held by the device (backup encryption is on; \
+             no password asked)"
+        );
+    } else if r.backup_password_set {
+        println!(
+            "  backup encryption is now on for this device: it keeps this backup password, and \
+             later backups are encrypted with it without asking"
+        );
+    }
     println!(
         "  {} ({}), {}, {}; {} unchanged since the last backup (not rewritten)",
         plural(r.files, "file", "files"),
@@ -328,7 +346,9 @@ pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupCommand {
     /// Back the device up into OUT: a real iTunes/Finder-format backup (left out: Caches, tmp,
-    /// files flagged exclude-from-backup, and what a locked device cannot read).
+    /// files flagged exclude-from-backup, and what a locked device cannot read). Once a backup
+    /// was made with --encrypt, the device holds the backup password: later backups are
+    /// encrypted with it without asking.
     Backup(BackupCmd),
     /// Restore a backup onto the device: files re-keyed under its class keys, keychain items
     /// per the outcome matrix (ThisDeviceOnly ones only from this same device).
