@@ -49,6 +49,11 @@ use crate::{Error, Result};
 /// Size of the chunks file contents are read, encrypted and written in (1 MiB).
 pub const CHUNK: usize = 1 << 20;
 
+thread_local! {
+    /// The streaming buffer of [`BackupWriter::add`] on this thread (see `stream_blob`).
+    static STREAM_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Apple's PBKDF2-SHA256 iteration count (`DPIC`) for new encrypted backups.
 pub const DEFAULT_DPIC: u32 = 10_000_000;
 
@@ -923,30 +928,46 @@ impl BackupWriter {
             out.write_all(bytes).map_err(Error::io(tmp))
         };
 
-        let mut buf = Zeroizing::new(vec![0u8; CHUNK]);
+        // One buffer per thread, reused across blobs: a fresh zeroed 1 MiB buffer per
+        // file (calloc + zeroize) cost more than encrypting a typical 100 kB file.
+        // After each blob the bytes it used are wiped, so no plaintext stays behind.
         let mut size = 0u64;
-        loop {
-            let n = read_full(&mut reader, &mut buf).map_err(Error::io(&src))?;
-            size += n as u64;
-            let eof = n < CHUNK;
-            match encryptor.take() {
-                None => emit(&buf[..n])?,
-                Some(mut enc) => {
-                    let full = n / cbc::BLOCK * cbc::BLOCK;
-                    enc.encrypt(&mut buf[..full]).map_err(crypto_err)?;
-                    emit(&buf[..full])?;
+        let streamed = STREAM_BUF.with(|cell| -> Result<()> {
+            let mut guard = cell.borrow_mut();
+            if guard.len() < CHUNK {
+                guard.resize(CHUNK, 0);
+            }
+            let buf = &mut guard[..CHUNK];
+            let mut used = 0usize;
+            let result = (|| -> Result<()> {
+                loop {
+                    let n = read_full(&mut reader, buf).map_err(Error::io(&src))?;
+                    used = used.max(n);
+                    size += n as u64;
+                    let eof = n < CHUNK;
+                    match encryptor.take() {
+                        None => emit(&buf[..n])?,
+                        Some(mut enc) => {
+                            let full = n / cbc::BLOCK * cbc::BLOCK;
+                            enc.encrypt(&mut buf[..full]).map_err(crypto_err)?;
+                            emit(&buf[..full])?;
+                            if eof {
+                                let last = enc.finish(&buf[full..n]).map_err(crypto_err)?;
+                                emit(&last)?;
+                            } else {
+                                encryptor = Some(enc);
+                            }
+                        }
+                    }
                     if eof {
-                        let last = enc.finish(&buf[full..n]).map_err(crypto_err)?;
-                        emit(&last)?;
-                    } else {
-                        encryptor = Some(enc);
+                        return Ok(());
                     }
                 }
-            }
-            if eof {
-                break;
-            }
-        }
+            })();
+            zeroize::Zeroize::zeroize(&mut buf[..used]);
+            result
+        });
+        streamed?;
         drop(out);
         Ok(BlobInfo {
             size,
