@@ -7,10 +7,9 @@
 //! ([`ImportOptions::device_key`]); without it they stay sealed and are listed, not imported.
 //! The device folder is built beside `dir` and renamed into place only when complete.
 
-use std::io::{Cursor, Read};
 use std::path::Path;
 
-use dataprotection::{DeviceKey, KdfLimits, ProtectionClass};
+use dataprotection::{DeviceKey, KdfLimits};
 use mobilebackup::keychain::{self, ItemState};
 use mobilebackup::{Backup, Credentials, RecordKind, Secret};
 use serde::Serialize;
@@ -18,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::backup::{class_name, describe_item, io_err, OpError, OpResult, Skip};
 use crate::restore::sibling;
-use crate::{Device, InitOptions, LockState, PutOptions};
+use crate::{Device, InitOptions, LockState};
 
 /// How to import.
 #[derive(Default)]
@@ -160,54 +159,14 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
                     }
                     None => report.skipped.push(skip("symlink without a target".into())),
                 },
-                RecordKind::File => {
-                    let mut plain = Zeroizing::new(Vec::new());
-                    let read =
-                        backup
-                            .open_file(rec)
-                            .and_then(|mut r| match r.read_to_end(&mut plain) {
-                                Ok(_) => Ok(r.padding_ok()),
-                                Err(e) => Err(mobilebackup::Error::Io {
-                                    path: rec.display_path().into(),
-                                    source: e,
-                                }),
-                            });
-                    match read {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            report
-                                .skipped
-                                .push(skip("damaged blob (bad padding)".into()));
-                            continue;
-                        }
-                        Err(e) => {
-                            report.skipped.push(skip(e.to_string()));
-                            continue;
-                        }
+                RecordKind::File => match crate::restore::put_from_backup(dev, &backup, rec) {
+                    Ok(n) => {
+                        report.files += 1;
+                        report.bytes += n;
                     }
-                    let class = ProtectionClass(f.protection_class);
-                    let class = if (1..=4).contains(&class.0) {
-                        class
-                    } else {
-                        ProtectionClass::UNTIL_FIRST_AUTH
-                    };
-                    let put = PutOptions {
-                        class,
-                        mode: f.mode & 0o7777,
-                        uid: f.uid,
-                        gid: f.gid,
-                        mtime: Some(f.mtime),
-                        exclude_from_backup: false,
-                    };
-                    dev.put(
-                        &rec.domain,
-                        &rec.relative_path,
-                        &mut Cursor::new(&plain[..]),
-                        &put,
-                    )?;
-                    report.files += 1;
-                    report.bytes += plain.len() as u64;
-                }
+                    Err(OpError::Backup(e)) => report.skipped.push(skip(e.to_string())),
+                    Err(e) => return Err(e),
+                },
                 RecordKind::Other(_) => report
                     .skipped
                     .push(skip("not a file, folder or symlink".into())),

@@ -18,12 +18,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Cursor, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dataprotection::{KdfLimits, ProtectionClass};
 use mobilebackup::keychain::{self, item, DerValue, ItemState, Keychain};
-use mobilebackup::{Backup, Credentials, RecordKind, Secret};
+use mobilebackup::{Backup, Credentials, Record, RecordKind, Secret};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -272,45 +272,19 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
                 report.symlinks += 1;
             }
             RecordKind::File => {
-                let mut reader = backup.open_file(rec)?;
-                let blob = backup.blob_path(rec)?;
-                let mut plain = Zeroizing::new(Vec::with_capacity(reader.len() as usize));
-                reader.read_to_end(&mut plain).map_err(io_err(&blob))?;
-                if !reader.padding_ok() || plain.len() as u64 != f.size {
-                    return Err(OpError::Damaged(format!(
-                        "{}: {what}: the blob does not decrypt to its recorded {} bytes",
-                        blob.display(),
-                        f.size
-                    )));
-                }
-                let class = ProtectionClass(f.protection_class);
-                let class = if class.is_file_class() && class.0 <= 4 {
-                    class
-                } else {
-                    ProtectionClass::UNTIL_FIRST_AUTH
-                };
                 if matches!(
                     present,
                     Some(EntryKind::Directory | EntryKind::Symlink { .. })
                 ) {
                     dev.remove(&rec.domain, &rec.relative_path)?;
                 }
-                let put = PutOptions {
-                    class,
-                    mode: f.mode & 0o7777,
-                    uid: f.uid,
-                    gid: f.gid,
-                    mtime: Some(f.mtime),
-                    exclude_from_backup: false,
-                };
-                dev.put(
-                    &rec.domain,
-                    &rec.relative_path,
-                    &mut Cursor::new(&plain[..]),
-                    &put,
-                )?;
+                report.bytes += put_from_backup(&mut dev, &backup, rec).map_err(|e| match e {
+                    OpError::Backup(mobilebackup::Error::DamagedBlob { path, reason }) => {
+                        OpError::Damaged(format!("{}: {what}: {reason}", path.display()))
+                    }
+                    e => e,
+                })?;
                 report.files += 1;
-                report.bytes += plain.len() as u64;
             }
             RecordKind::Other(flags) => report.skipped.push(Skip {
                 kind: format!("flags={flags}"),
@@ -373,4 +347,39 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
     cleanup.0 = Some(aside);
     drop(cleanup);
     Ok(report)
+}
+
+/// Streams one regular file of `backup` into `dev` under its recorded class (class C when
+/// the record has none usable), mode, owner and mtime; returns its plaintext length. The
+/// length comes from the padding, not from `Size` (real backups get `Size` wrong, spec §7.2);
+/// a blob with bad padding is an error before anything is written.
+pub(crate) fn put_from_backup(dev: &mut Device, backup: &Backup, rec: &Record) -> OpResult<u64> {
+    let f = rec
+        .file
+        .as_ref()
+        .ok_or_else(|| OpError::Damaged(format!("{}: undecodable record", rec.display_path())))?;
+    let mut reader = backup.open_file(rec)?;
+    if !reader.padding_ok() {
+        return Err(OpError::Backup(mobilebackup::Error::DamagedBlob {
+            path: backup.blob_path(rec)?,
+            reason: "bad padding (damaged blob or wrong key)".into(),
+        }));
+    }
+    let len = reader.len();
+    let class = ProtectionClass(f.protection_class);
+    let class = if class.is_file_class() {
+        class
+    } else {
+        ProtectionClass::UNTIL_FIRST_AUTH
+    };
+    let put = PutOptions {
+        class,
+        mode: f.mode & 0o7777,
+        uid: f.uid,
+        gid: f.gid,
+        mtime: Some(f.mtime),
+        exclude_from_backup: false,
+    };
+    dev.put(&rec.domain, &rec.relative_path, &mut reader, &put)?;
+    Ok(len)
 }
