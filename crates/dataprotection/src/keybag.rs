@@ -430,31 +430,9 @@ impl Keybag {
                 max_iter: u32::MAX,
             },
         )?;
-        let mut unlocked = UnlockedKeybag::default();
-        for class in 1..=11u32 {
-            let key = Key256::random();
-            let device_bound = class == 5 || (9..=11).contains(&class);
-            let wrap = if device_bound {
-                WRAP_DEVICE | WRAP_PASSCODE
-            } else {
-                WRAP_PASSCODE
-            };
-            let inner = if device_bound {
-                device_seal(device_key, &key)
-            } else {
-                key.clone()
-            };
-            kb.classes.push(ClassKeyRecord {
-                uuid: Some(random_vec(16)),
-                class_raw: class,
-                wrap,
-                ktyp: Some(0),
-                wpky: wrap_key(&passkey, &inner).to_vec(),
-                pbky: None,
-                extra: Vec::new(),
-            });
-            unlocked.keys.insert(ProtectionClass(class), key);
-        }
+        // Apple's pattern: 5 and the ThisDeviceOnly keychain classes also need 0x835.
+        let unlocked =
+            kb.add_fresh_class_keys(&passkey, device_key, |c| c == 5 || (9..=11).contains(&c));
         Ok((kb, unlocked, passkey))
     }
 }
@@ -476,8 +454,6 @@ impl Keybag {
         passkey: &Passkey,
         device_key: &DeviceKey,
     ) -> (Keybag, UnlockedKeybag) {
-        let ephemeral = passkey;
-        let mut unlocked = UnlockedKeybag::default();
         let mut kb = Keybag {
             version: Some(5),
             type_raw: Some(kind::BACKUP),
@@ -488,31 +464,41 @@ impl Keybag {
             iter: Some(10_000),
             ..Default::default()
         };
+        // Unencrypted backups: every class from 5 on is sealed to the device (spec §3.4).
+        let unlocked = kb.add_fresh_class_keys(passkey, device_key, |c| c >= 5);
+        (kb, unlocked)
+    }
+}
+
+impl Keybag {
+    /// Appends random class keys 1–11, each wrapped under `passkey` (WRAP=2) and, for the
+    /// classes `device_bound` selects, first sealed with `device_key` (WRAP=3). Returns them.
+    fn add_fresh_class_keys(
+        &mut self,
+        passkey: &Passkey,
+        device_key: &DeviceKey,
+        device_bound: impl Fn(u32) -> bool,
+    ) -> UnlockedKeybag {
+        let mut unlocked = UnlockedKeybag::default();
         for class in 1..=11u32 {
             let key = Key256::random();
-            let device_bound = class >= 5;
-            let wrap = if device_bound {
-                WRAP_DEVICE | WRAP_PASSCODE
+            let (wrap, inner) = if device_bound(class) {
+                (WRAP_DEVICE | WRAP_PASSCODE, device_seal(device_key, &key))
             } else {
-                WRAP_PASSCODE
+                (WRAP_PASSCODE, key.clone())
             };
-            let inner = if device_bound {
-                device_seal(device_key, &key)
-            } else {
-                key.clone()
-            };
-            kb.classes.push(ClassKeyRecord {
+            self.classes.push(ClassKeyRecord {
                 uuid: Some(random_vec(16)),
                 class_raw: class,
                 wrap,
                 ktyp: Some(0),
-                wpky: wrap_key(ephemeral, &inner).to_vec(),
+                wpky: wrap_key(passkey, &inner).to_vec(),
                 pbky: None,
                 extra: Vec::new(),
             });
             unlocked.keys.insert(ProtectionClass(class), key);
         }
-        (kb, unlocked)
+        unlocked
     }
 }
 
