@@ -1,10 +1,9 @@
 //! `keybag info`: device, date, encryption and content statistics.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
-use dataprotection::ProtectionClass;
+use mobilebackup::audit::{contents, Contents, DomainCount};
 use mobilebackup::{Backup, Catalog, RecordKind};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -48,38 +47,6 @@ pub struct KeybagInfo {
     pub sealed_classes: Vec<u32>,
 }
 
-/// Files of one protection class.
-#[derive(Debug, Serialize)]
-pub struct ClassCount {
-    /// Class number (0 = none recorded).
-    pub class: u32,
-    /// `A`–`D`, …
-    pub short_name: &'static str,
-    /// Apple's name.
-    pub name: &'static str,
-    /// Regular files.
-    pub files: u64,
-    /// Their recorded bytes.
-    pub bytes: u64,
-}
-
-/// Records of one domain.
-#[derive(Debug, Default, Serialize)]
-pub struct DomainCount {
-    /// Domain name.
-    pub domain: String,
-    /// All records.
-    pub records: u64,
-    /// Regular files.
-    pub files: u64,
-    /// Directories.
-    pub directories: u64,
-    /// Symlinks.
-    pub symlinks: u64,
-    /// Recorded bytes of its files.
-    pub bytes: u64,
-}
-
 /// Everything `info` shows.
 #[derive(Debug, Serialize)]
 pub struct Info {
@@ -101,28 +68,15 @@ pub struct Info {
     pub snapshot_state: Option<String>,
     /// Keybag parameters, when there is a keybag.
     pub keybag: Option<KeybagInfo>,
-    /// `Manifest.db` rows.
-    pub records: u64,
-    /// Regular files.
-    pub files: u64,
-    /// Directories (domain roots included).
-    pub directories: u64,
-    /// Symlinks.
-    pub symlinks: u64,
-    /// Rows with other flags.
-    pub other: u64,
-    /// Sum of the recorded sizes of regular files.
-    pub total_bytes: u64,
+    /// Counts by kind, by protection class and by domain (the audit's own counting).
+    #[serde(flatten)]
+    pub contents: Contents,
     /// Regular files whose blob is absent.
     pub missing_blobs: u64,
     /// Rows with an unsafe path, bad fileID or undecodable MBFile.
     pub bad_records: u64,
     /// Rows that could not be read at all.
     pub skipped_rows: u64,
-    /// Regular files by protection class.
-    pub by_class: Vec<ClassCount>,
-    /// Records by domain.
-    pub by_domain: Vec<DomainCount>,
 }
 
 /// Gathers the statistics (stats every blob path, in parallel).
@@ -169,47 +123,15 @@ pub fn gather(backup: &Backup, catalog: &Catalog) -> Info {
         backup_date_source: date.map(|(_, src)| src),
         snapshot_state: backup.status().and_then(|s| s.snapshot_state.clone()),
         keybag,
-        records: catalog.records.len() as u64,
-        files: 0,
-        directories: 0,
-        symlinks: 0,
-        other: 0,
-        total_bytes: 0,
+        contents: contents(catalog),
         missing_blobs: 0,
-        bad_records: 0,
+        bad_records: catalog
+            .records
+            .iter()
+            .filter(|r| r.problem.is_some())
+            .count() as u64,
         skipped_rows: catalog.skipped.len() as u64,
-        by_class: Vec::new(),
-        by_domain: Vec::new(),
     };
-    let mut classes: BTreeMap<ProtectionClass, (u64, u64)> = BTreeMap::new();
-    let mut domains: BTreeMap<&str, DomainCount> = BTreeMap::new();
-    for rec in &catalog.records {
-        let d = domains.entry(&rec.domain).or_default();
-        d.records += 1;
-        if rec.problem.is_some() {
-            info.bad_records += 1;
-        }
-        match rec.kind() {
-            RecordKind::File => {
-                info.files += 1;
-                info.total_bytes += rec.size();
-                d.files += 1;
-                d.bytes += rec.size();
-                let c = classes.entry(rec.protection_class()).or_default();
-                c.0 += 1;
-                c.1 += rec.size();
-            }
-            RecordKind::Directory => {
-                info.directories += 1;
-                d.directories += 1;
-            }
-            RecordKind::Symlink => {
-                info.symlinks += 1;
-                d.symlinks += 1;
-            }
-            RecordKind::Other(_) => info.other += 1,
-        }
-    }
     info.missing_blobs = catalog
         .records
         .par_iter()
@@ -217,23 +139,6 @@ pub fn gather(backup: &Backup, catalog: &Catalog) -> Info {
         .filter_map(|r| backup.blob_path(r).ok())
         .filter(|p| std::fs::symlink_metadata(p).is_err())
         .count() as u64;
-    info.by_class = classes
-        .into_iter()
-        .map(|(c, (files, bytes))| ClassCount {
-            class: c.0,
-            short_name: c.short_name(),
-            name: c.name(),
-            files,
-            bytes,
-        })
-        .collect();
-    info.by_domain = domains
-        .into_iter()
-        .map(|(name, mut d)| {
-            d.domain = name.to_string();
-            d
-        })
-        .collect();
     info
 }
 
@@ -329,13 +234,13 @@ pub fn print_summary(out: &mut dyn Write, info: &Info) -> Result<()> {
     row(out, "Passcode set", yes_no(info.passcode_set))?;
     let mut records = format!(
         "{}: {}, {}, {}",
-        thousands(info.records),
-        plural(info.files, "file", "files"),
-        plural(info.directories, "folder", "folders"),
-        plural(info.symlinks, "symlink", "symlinks")
+        thousands(info.contents.records),
+        plural(info.contents.files, "file", "files"),
+        plural(info.contents.directories, "folder", "folders"),
+        plural(info.contents.symlinks, "symlink", "symlinks")
     );
-    if info.other > 0 {
-        records.push_str(&format!(", {} other", thousands(info.other)));
+    if info.contents.other > 0 {
+        records.push_str(&format!(", {} other", thousands(info.contents.other)));
     }
     row(out, "Records", &records)?;
     row(
@@ -343,8 +248,8 @@ pub fn print_summary(out: &mut dyn Write, info: &Info) -> Result<()> {
         "Total size",
         &format!(
             "{} ({} bytes)",
-            human_bytes(info.total_bytes),
-            thousands(info.total_bytes)
+            human_bytes(info.contents.total_bytes),
+            thousands(info.contents.total_bytes)
         ),
     )?;
     row(out, "Missing blobs", &thousands(info.missing_blobs))?;
@@ -367,15 +272,16 @@ pub fn print_summary(out: &mut dyn Write, info: &Info) -> Result<()> {
 /// The full text: summary, then files by protection class and records by domain.
 pub fn print_text(out: &mut dyn Write, info: &Info) -> Result<()> {
     print_summary(out, info)?;
-    if !info.by_class.is_empty() {
+    if !info.contents.by_class.is_empty() {
         writeln!(out, "\nFiles by protection class")?;
         let width = info
+            .contents
             .by_class
             .iter()
             .map(|c| c.name.len())
             .max()
             .unwrap_or(0);
-        for c in &info.by_class {
+        for c in &info.contents.by_class {
             writeln!(
                 out,
                 "  {:>2} {:<4} {:<width$} {:>9} {:>10}",
@@ -387,8 +293,8 @@ pub fn print_text(out: &mut dyn Write, info: &Info) -> Result<()> {
             )?;
         }
     }
-    if !info.by_domain.is_empty() {
-        let mut domains: Vec<&DomainCount> = info.by_domain.iter().collect();
+    if !info.contents.by_domain.is_empty() {
+        let mut domains: Vec<&DomainCount> = info.contents.by_domain.iter().collect();
         let shown = if domains.len() > MAX_DOMAINS + 5 {
             domains.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.records.cmp(&a.records)));
             writeln!(

@@ -312,6 +312,10 @@ pub struct DomainCount {
     pub records: u64,
     /// Regular files.
     pub files: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Symlinks.
+    pub symlinks: u64,
     /// Recorded bytes of its files.
     pub bytes: u64,
 }
@@ -332,7 +336,7 @@ pub fn audit(backup: &Backup, opts: &AuditOptions) -> Result<AuditReport> {
 
 /// [`audit`] with `Manifest.db` already read (`backup.catalog()`).
 pub fn audit_catalog(backup: &Backup, catalog: &Catalog, opts: &AuditOptions) -> AuditReport {
-    let contents = count(catalog);
+    let contents = contents(catalog);
     let integrity = crate::integrity::check(backup, catalog, opts.deep, opts.progress);
     let kc = keychain::read(backup, catalog);
     let dev = backup.device();
@@ -391,7 +395,8 @@ fn backup_date(backup: &Backup) -> Option<i64> {
         .map(unix)
 }
 
-fn count(catalog: &Catalog) -> Contents {
+/// Counts of a catalog: by kind, by protection class (files) and by domain, with recorded sizes.
+pub fn contents(catalog: &Catalog) -> Contents {
     let mut c = Contents {
         records: catalog.records.len() as u64,
         ..Contents::default()
@@ -411,8 +416,14 @@ fn count(catalog: &Catalog) -> Contents {
                 e.0 += 1;
                 e.1 += rec.size();
             }
-            RecordKind::Directory => c.directories += 1,
-            RecordKind::Symlink => c.symlinks += 1,
+            RecordKind::Directory => {
+                c.directories += 1;
+                d.directories += 1;
+            }
+            RecordKind::Symlink => {
+                c.symlinks += 1;
+                d.symlinks += 1;
+            }
             RecordKind::Other(_) => c.other += 1,
         }
     }
