@@ -17,30 +17,13 @@ Library chatter (e.g. its "INFO: decrypted N bytes" prints) goes to stderr.
 Exit: 0 ok, 5 wrong password (IncorrectPassphraseError), 1 any other error.
 """
 import contextlib
-import hashlib
 import json
 import os
 import sys
 
-
-def read_password():
-    pw = os.environ.get("KEYBAG_TEST_PASSWORD")
-    if pw is not None:
-        return pw
-    path = os.environ.get("KEYBAG_TEST_PASSWORD_FILE")
-    if path:
-        with open(path, encoding="utf-8") as f:
-            pw = f.read()
-        return pw[:-1] if pw.endswith("\n") else pw
-    raise SystemExit("ibd_extract: set KEYBAG_TEST_PASSWORD or KEYBAG_TEST_PASSWORD_FILE")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sys.dont_write_bytecode = True  # keep tests/py free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import read_password, sha256_file  # noqa: E402
 
 
 def run(backup, out):

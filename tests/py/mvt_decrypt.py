@@ -19,7 +19,6 @@ whose encrypted blob exists was written, and prints one JSON object:
 Exit: 0 ok, 5 wrong password, 2 mvt failed / output incomplete, 1 usage or
 internal error. Runs offline (same settings as mvt_check.py).
 """
-import hashlib
 import json
 import os
 import sqlite3
@@ -30,27 +29,8 @@ import shutil
 
 sys.dont_write_bytecode = True  # keep tests/py free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import read_password, sha256_file  # noqa: E402
 from mvt_check import mvt_cmd, mvt_env  # noqa: E402
-
-
-def read_password():
-    pw = os.environ.get("KEYBAG_TEST_PASSWORD")
-    if pw is not None:
-        return pw
-    path = os.environ.get("KEYBAG_TEST_PASSWORD_FILE")
-    if path:
-        with open(path, encoding="utf-8") as f:
-            pw = f.read()
-        return pw[:-1] if pw.endswith("\n") else pw
-    raise RuntimeError("set KEYBAG_TEST_PASSWORD or KEYBAG_TEST_PASSWORD_FILE")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(backup, out):
