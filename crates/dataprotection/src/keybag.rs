@@ -6,6 +6,7 @@
 //! written back, so a keybag we re-encode is byte-identical to what we read.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::kdf::{KdfLimits, KdfParams};
 use crate::wrap::{device_seal, device_unseal, unwrap_key, wrap_key, WRAPPED_LEN};
@@ -409,6 +410,19 @@ impl Keybag {
         device_key: &DeviceKey,
         dpic: u32,
     ) -> Result<(Keybag, UnlockedKeybag, Passkey)> {
+        let (pending, unlocked) = Self::new_backup_pending(device_key, dpic);
+        let passkey = pending.kdf_params().derive(password, &NO_LIMITS)?;
+        Ok((pending.seal(&passkey), unlocked, passkey))
+    }
+
+    /// A fresh backup keybag (as [`new_backup`](Self::new_backup)) whose class keys exist
+    /// before its password layer: the keys can encrypt files at once while the slow KDF of
+    /// [`PendingBackupKeybag::kdf_params`] runs elsewhere, and
+    /// [`PendingBackupKeybag::seal`] then wraps them under the passkey it derived.
+    pub fn new_backup_pending(
+        device_key: &DeviceKey,
+        dpic: u32,
+    ) -> (PendingBackupKeybag, UnlockedKeybag) {
         let mut kb = Keybag {
             version: Some(5),
             type_raw: Some(kind::BACKUP),
@@ -423,17 +437,54 @@ impl Keybag {
             extra: Vec::new(),
             classes: Vec::new(),
         };
-        let passkey = kb.derive_passkey(
-            password,
-            &KdfLimits {
-                max_dpic: u32::MAX,
-                max_iter: u32::MAX,
-            },
-        )?;
         // Apple's pattern: 5 and the ThisDeviceOnly keychain classes also need 0x835.
-        let unlocked =
-            kb.add_fresh_class_keys(&passkey, device_key, |c| c == 5 || (9..=11).contains(&c));
-        Ok((kb, unlocked, passkey))
+        let (unlocked, inner) =
+            kb.add_fresh_class_keys(device_key, |c| c == 5 || (9..=11).contains(&c));
+        (PendingBackupKeybag { kb, inner }, unlocked)
+    }
+}
+
+/// No caps: for KDF parameters this code chose itself.
+const NO_LIMITS: KdfLimits = KdfLimits {
+    max_dpic: u32::MAX,
+    max_iter: u32::MAX,
+};
+
+/// A new backup keybag waiting for its password layer (see
+/// [`Keybag::new_backup_pending`]). Holds the class keys' password-layer plaintexts, wiped
+/// on drop.
+pub struct PendingBackupKeybag {
+    kb: Keybag,
+    /// What the password layer wraps, per class record (device-sealed for `WRAP=3`).
+    inner: Vec<Key256>,
+}
+
+impl fmt::Debug for PendingBackupKeybag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingBackupKeybag")
+            .field("uuid", &self.kb.uuid_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingBackupKeybag {
+    /// The KDF the password must go through (fresh `SALT` and `DPSL`, the chosen `DPIC`).
+    pub fn kdf_params(&self) -> KdfParams {
+        self.kb
+            .kdf_params()
+            .expect("a pending backup keybag has SALT, ITER, DPSL and DPIC")
+    }
+
+    /// The keybag UUID (lowercase, hyphenated), final already.
+    pub fn uuid_string(&self) -> Option<String> {
+        self.kb.uuid_string()
+    }
+
+    /// The finished keybag: every class key wrapped under `passkey` (RFC 3394).
+    pub fn seal(self, passkey: &Passkey) -> Keybag {
+        let mut kb = self.kb.clone();
+        kb.seal_password_layer(passkey, &self.inner);
+        kb
     }
 }
 
@@ -465,21 +516,24 @@ impl Keybag {
             ..Default::default()
         };
         // Unencrypted backups: every class from 5 on is sealed to the device (spec §3.4).
-        let unlocked = kb.add_fresh_class_keys(passkey, device_key, |c| c >= 5);
+        let (unlocked, inner) = kb.add_fresh_class_keys(device_key, |c| c >= 5);
+        kb.seal_password_layer(passkey, &inner);
         (kb, unlocked)
     }
 }
 
 impl Keybag {
-    /// Appends random class keys 1–11, each wrapped under `passkey` (WRAP=2) and, for the
-    /// classes `device_bound` selects, first sealed with `device_key` (WRAP=3). Returns them.
+    /// Appends random class keys 1–11 with `WRAP=2` or, for the classes `device_bound`
+    /// selects, `WRAP=3` (first sealed with `device_key`). Their password layer is left
+    /// empty for [`seal_password_layer`](Self::seal_password_layer); returns the class keys
+    /// and, per record, what that layer must wrap.
     fn add_fresh_class_keys(
         &mut self,
-        passkey: &Passkey,
         device_key: &DeviceKey,
         device_bound: impl Fn(u32) -> bool,
-    ) -> UnlockedKeybag {
+    ) -> (UnlockedKeybag, Vec<Key256>) {
         let mut unlocked = UnlockedKeybag::default();
+        let mut inners = Vec::with_capacity(11);
         for class in 1..=11u32 {
             let key = Key256::random();
             let (wrap, inner) = if device_bound(class) {
@@ -492,13 +546,21 @@ impl Keybag {
                 class_raw: class,
                 wrap,
                 ktyp: Some(0),
-                wpky: wrap_key(passkey, &inner).to_vec(),
+                wpky: Vec::new(),
                 pbky: None,
                 extra: Vec::new(),
             });
+            inners.push(inner);
             unlocked.keys.insert(ProtectionClass(class), key);
         }
-        unlocked
+        (unlocked, inners)
+    }
+
+    /// Wraps `inner[i]` under `passkey` into the `WPKY` of class record `i`.
+    fn seal_password_layer(&mut self, passkey: &Passkey, inner: &[Key256]) {
+        for (rec, key) in self.classes.iter_mut().zip(inner) {
+            rec.wpky = wrap_key(passkey, key).to_vec();
+        }
     }
 }
 
@@ -848,6 +910,39 @@ mod tests {
             with.key(ProtectionClass(12)),
             Err(Error::NoClassKey(_))
         ));
+    }
+
+    #[test]
+    fn pending_keybag_seals_to_the_keys_it_handed_out() {
+        let dk = DeviceKey::random();
+        let (pending, keys) = Keybag::new_backup_pending(&dk, 1000);
+        let params = pending.kdf_params();
+        assert_eq!(params.iter, 10_000);
+        assert_eq!(
+            params.double.as_ref().map(|(s, c)| (s.len(), *c)),
+            Some((20, 1000))
+        );
+        let uuid = pending.uuid_string();
+        // A file key wrapped before the password layer exists opens afterwards.
+        let fk = Key256::random();
+        let wrapped = keys.wrap_persistent(ProtectionClass(1), &fk).unwrap();
+        let pk = params.derive(b"pw", &KdfLimits::default()).unwrap();
+        let kb = pending.seal(&pk);
+        assert_eq!(kb.uuid_string(), uuid);
+        assert_eq!(Keybag::parse(&kb.to_bytes()).unwrap(), kb);
+        let wraps: Vec<u32> = kb.classes.iter().map(|c| c.wrap).collect();
+        assert_eq!(wraps, vec![2, 2, 2, 2, 3, 2, 2, 2, 3, 3, 3]);
+        // The password opens it (through the keybag's own KDF parameters), with the device
+        // key every class, and the keys are the ones handed out before sealing.
+        let again = kb.derive_passkey(b"pw", &KdfLimits::default()).unwrap();
+        let with = kb.unlock(&again, Some(&dk)).unwrap();
+        for c in 1..=11 {
+            let c = ProtectionClass(c);
+            assert_eq!(with.key(c).unwrap(), keys.key(c).unwrap());
+        }
+        assert_eq!(with.unwrap_persistent(&wrapped).unwrap(), fk);
+        let wrong = kb.derive_passkey(b"pW", &KdfLimits::default()).unwrap();
+        assert!(matches!(kb.unlock(&wrong, None), Err(Error::WrongPassword)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod wrap;
 pub use class::ProtectionClass;
 pub use error::Error;
 pub use kdf::{KdfLimits, KdfParams};
-pub use keybag::{ClassKeyRecord, Keybag, UnlockedKeybag};
+pub use keybag::{ClassKeyRecord, Keybag, PendingBackupKeybag, UnlockedKeybag};
 pub use keys::{DeviceKey, Key256, Passkey};
 
 /// Result type of this crate.
