@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -42,8 +43,8 @@ use mobilebackup::blob::BlobReader;
 use mobilebackup::keychain::{DerValue, NewKeychainItem};
 use mobilebackup::plists::DeviceInfo;
 use mobilebackup::writer::{
-    BackupWriter, Content, ExistingKeybag, Kind, NewRecord, UnencryptedKeybag, WriterOptions,
-    DEFAULT_DPIC,
+    BackupWriter, Content, Encryption, ExistingKeybag, Kind, NewRecord, UnencryptedKeybag,
+    WriterOptions, DEFAULT_DPIC,
 };
 use mobilebackup::{Backup, Credentials, RecordKind, Secret};
 use serde::Serialize;
@@ -287,43 +288,55 @@ const NO_KDF_LIMITS: KdfLimits = KdfLimits {
     max_iter: u32::MAX,
 };
 
-/// The keybag of this backup (`None`: unencrypted), whether to keep it on the device, and the
-/// kept keybag it replaces (which still opens the previous backup without a KDF).
-type Chosen = (Option<(KeptKeybag, bool)>, Option<KeptKeybag>);
+/// Which keybag a backup is made under.
+enum Plan {
+    /// No encryption.
+    Unencrypted,
+    /// The keybag the device keeps, without a password: no KDF.
+    Kept(KeptKeybag),
+    /// The kept keybag, with a password to check against it. The check (one KDF run) runs
+    /// on its own thread beside the file work; a different password means "change the
+    /// backup password": the work is discarded and redone as [`Plan::Fresh`].
+    Check(KeptKeybag, Zeroizing<Vec<u8>>),
+    /// A new keybag for the password, its KDF run by the writer beside the file work; the
+    /// device keeps it afterwards. `replaced`: the kept keybag it replaces (it still opens
+    /// the previous backup without a KDF).
+    Fresh {
+        password: Zeroizing<Vec<u8>>,
+        replaced: Option<KeptKeybag>,
+    },
+}
 
 fn choose_keybag(
     device: &Device,
     opts: &BackupOptions,
     use_device_setting: bool,
+    force_fresh: bool,
     report: &mut BackupReport,
-) -> OpResult<Chosen> {
+) -> OpResult<Plan> {
     let Some(pw) = &opts.password else {
         if !use_device_setting {
-            return Ok((None, None));
+            return Ok(Plan::Unencrypted);
         }
         let kept = load_kept(device)?;
         report.device_keybag = kept.is_some();
-        return Ok((kept.map(|k| (k, false)), None));
+        return Ok(kept.map_or(Plan::Unencrypted, Plan::Kept));
     };
-    let device_key = device.device_key();
-    // A kept keybag this password opens is kept; an unusable one is replaced.
-    let replaced = load_kept(device).ok().flatten();
-    if let Some(kept) = &replaced {
-        report.kdf_runs += 1;
-        if let Ok(pk) = kept.keybag.derive_passkey(pw, &NO_KDF_LIMITS) {
-            if kept.keybag.unlock(&pk, Some(&device_key)).is_ok() {
-                return Ok((replaced.map(|k| (k, false)), None));
-            }
-        }
-    }
-    report.kdf_runs += 1;
-    let (keybag, _, passkey) = Keybag::new_backup_with_passkey(pw, &device_key, opts.dpic)
-        .map_err(|e| OpError::Refused(format!("cannot make a backup keybag: {e}")))?;
-    Ok((Some((KeptKeybag { keybag, passkey }, true)), replaced))
+    // A kept keybag is checked against the password; an unusable one is replaced.
+    let kept = load_kept(device).ok().flatten();
+    Ok(match kept {
+        Some(kept) if !force_fresh => Plan::Check(kept, pw.clone()),
+        replaced => Plan::Fresh {
+            password: pw.clone(),
+            replaced,
+        },
+    })
 }
 
 /// A previous backup in the output folder whose blobs can be reused.
 struct Previous {
+    /// The fileIDs of every regular file its `Manifest.db` lists.
+    blob_ids: Vec<String>,
     backup: Backup,
     /// Made under the same keybag as the new backup: wrapped file keys are kept as they are.
     same_keybag: bool,
@@ -335,7 +348,8 @@ fn open_previous(
     device: &Device,
     out: &Path,
     opts: &BackupOptions,
-    kept: Option<&KeptKeybag>,
+    encrypted: bool,
+    this: Option<&KeptKeybag>,
     replaced: Option<&KeptKeybag>,
     kdf_runs: &mut u32,
 ) -> Option<Previous> {
@@ -343,11 +357,11 @@ fn open_previous(
     if b.device().udid.as_deref() != Some(device.udid()) {
         return None;
     }
-    if b.is_encrypted() != kept.is_some() {
+    if b.is_encrypted() != encrypted {
         return None;
     }
     let mut same_keybag = false;
-    if let Some(kept) = kept {
+    if encrypted {
         let made_under = |k: &KeptKeybag| {
             b.keybag().is_some_and(|kb| {
                 kb.uuid.is_some()
@@ -355,10 +369,13 @@ fn open_previous(
                     && kb.to_bytes() == k.keybag.to_bytes()
             })
         };
-        let (same, under_replaced) = (made_under(kept), replaced.is_some_and(made_under));
+        let (same, under_replaced) = (
+            this.is_some_and(made_under),
+            replaced.is_some_and(made_under),
+        );
         let device_key = device.device_key();
         if same
-            && b.unlock_with_passkey(&kept.passkey, Some(&device_key))
+            && b.unlock_with_passkey(&this.expect("checked").passkey, Some(&device_key))
                 .is_ok()
         {
             same_keybag = true;
@@ -380,6 +397,12 @@ fn open_previous(
         }
     }
     let cat = b.catalog().ok()?;
+    let blob_ids = cat
+        .records
+        .iter()
+        .filter(|r| r.kind() == RecordKind::File)
+        .map(|r| r.file_id.clone())
+        .collect();
     let files = cat
         .records
         .into_iter()
@@ -387,6 +410,7 @@ fn open_previous(
         .map(|r| ((r.domain.clone(), r.relative_path.clone()), r))
         .collect();
     Some(Previous {
+        blob_ids,
         backup: b,
         same_keybag,
         files,
@@ -400,7 +424,7 @@ fn open_previous(
 /// backup, as the caller asks, even when the device has backup encryption on (see
 /// [`backup_with_device_setting`] for what a phone does).
 pub fn backup(device: &Device, out: &Path, opts: &BackupOptions) -> OpResult<BackupReport> {
-    backup_inner(device, out, opts, false)
+    backup_inner(device, out, opts, false, false)
 }
 
 /// [`backup`] as a phone does it: without a password, a device with backup encryption on
@@ -413,7 +437,7 @@ pub fn backup_with_device_setting(
     out: &Path,
     opts: &BackupOptions,
 ) -> OpResult<BackupReport> {
-    backup_inner(device, out, opts, true)
+    backup_inner(device, out, opts, true, false)
 }
 
 fn backup_inner(
@@ -421,6 +445,7 @@ fn backup_inner(
     out: &Path,
     opts: &BackupOptions,
     use_device_setting: bool,
+    force_fresh: bool,
 ) -> OpResult<BackupReport> {
     let existing = fs::symlink_metadata(out).is_ok();
     if existing && !out.join("Manifest.plist").is_file() {
@@ -433,22 +458,38 @@ fn backup_inner(
         out: out.to_path_buf(),
         ..BackupReport::default()
     };
-    let (chosen, replaced) = choose_keybag(device, opts, use_device_setting, &mut report)?;
-    report.encrypted = chosen.is_some();
+    let plan = choose_keybag(device, opts, use_device_setting, force_fresh, &mut report)?;
+    report.encrypted = !matches!(plan, Plan::Unencrypted);
+    let (this, replaced) = match &plan {
+        Plan::Kept(k) | Plan::Check(k, _) => (Some(k), None),
+        Plan::Fresh { replaced, .. } => (None, replaced.as_ref()),
+        Plan::Unencrypted => (None, None),
+    };
+    if existing {
+        // A crash during an earlier update of `out` is finished (or undone) first.
+        mobilebackup::update::recover(out)?;
+    }
     let previous = if existing {
         open_previous(
             device,
             out,
             opts,
-            chosen.as_ref().map(|(k, _)| k),
-            replaced.as_ref(),
+            report.encrypted,
+            this,
+            replaced,
             &mut report.kdf_runs,
         )
     } else {
         None
     };
-    // Build beside `out`, then swap.
-    let target = if existing {
+    // Under the same keys (same keybag, or unencrypted both times) the previous backup is
+    // updated in place: unchanged blobs stay where they are, the rest is committed like a
+    // journal (mobilebackup::update). Otherwise the new backup is built beside `out` and
+    // swapped in.
+    let in_place = previous
+        .as_ref()
+        .is_some_and(|p| p.same_keybag || !report.encrypted);
+    let target = if existing && !in_place {
         let name = out
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -457,17 +498,37 @@ fn backup_inner(
     } else {
         out.to_path_buf()
     };
-    if target != out && fs::symlink_metadata(&target).is_ok() {
+    if !in_place && target != out && fs::symlink_metadata(&target).is_ok() {
         fs::remove_dir_all(&target).map_err(io_err(&target))?;
     }
 
     let device_key = device.device_key();
-    let existing_keybag = chosen.as_ref().map(|(k, _)| ExistingKeybag {
+    let existing_keybag = this.map(|k| ExistingKeybag {
         keybag: k.keybag.clone(),
         passkey: k.passkey.clone(),
         device_key: device_key.clone(),
     });
-    let unencrypted_keybag = chosen.is_none().then(|| UnencryptedKeybag {
+    let encryption = match &plan {
+        Plan::Fresh { password, .. } => Some(Encryption {
+            password: password.clone(),
+            dpic: opts.dpic,
+            device_key: Some(device_key.clone()),
+        }),
+        _ => None,
+    };
+    // The password check of `Plan::Check` runs beside the file work.
+    let check = match &plan {
+        Plan::Check(kept, pw) => {
+            let (keybag, pw, dk) = (kept.keybag.clone(), pw.clone(), device_key.clone());
+            Some(std::thread::spawn(move || {
+                keybag
+                    .derive_passkey(&pw, &NO_KDF_LIMITS)
+                    .is_ok_and(|pk| keybag.unlock(&pk, Some(&dk)).is_ok())
+            }))
+        }
+        _ => None,
+    };
+    let unencrypted_keybag = matches!(plan, Plan::Unencrypted).then(|| UnencryptedKeybag {
         passkey: unencrypted_backup_passkey(&device_key),
         device_key: device_key.clone(),
     });
@@ -479,19 +540,24 @@ fn backup_inner(
             udid: Some(device.udid().to_string()),
             ..DeviceInfo::default()
         },
-        encryption: None,
+        encryption,
         date: SystemTime::now(),
         passcode_set: device.passcode_set(),
         applications: device.apps()?,
         unencrypted_keybag,
         existing_keybag,
     };
-    let writer = BackupWriter::create(&target, wopts)?;
+    let mut writer = match previous.as_ref().filter(|_| in_place) {
+        Some(prev) => BackupWriter::update(out, wopts, prev.blob_ids.clone())?,
+        None => BackupWriter::create(&target, wopts)?,
+    };
 
-    // Files.
-    let entries = device.entries(None)?;
+    // Files. The producer only decides (exclusions, lock state, reuse); opening each file
+    // (its key unwrap: X25519 for class B) and copying or linking its blob run in the
+    // workers, so nothing per-file is serial.
+    let entries = device.entries_with_refs()?;
     let mut flagged_dirs: Vec<(String, String)> = Vec::new();
-    for e in &entries {
+    for (e, _) in &entries {
         if e.exclude_from_backup && matches!(e.kind, EntryKind::Directory) {
             flagged_dirs.push((e.domain.clone(), e.path.clone()));
         }
@@ -505,34 +571,49 @@ fn backup_inner(
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let (tx, rx) = mpsc::sync_channel::<NewRecord>(workers * 2);
+    type Job<'a> = Box<dyn FnOnce() -> OpResult<bool> + Send + 'a>;
+    let (tx, rx) = mpsc::sync_channel::<Job<'_>>(workers * 4);
     let rx = Mutex::new(rx);
-    let first_error: Mutex<Option<mobilebackup::Error>> = Mutex::new(None);
-    let mut produce_error: Option<OpError> = None;
+    let first_error: Mutex<Option<OpError>> = Mutex::new(None);
+    let failed = AtomicBool::new(false);
+    let reused = AtomicU64::new(0);
+    let (writer_ref, previous_ref) = (&writer, previous.as_ref());
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(rec) = next else { break };
-                if let Err(e) = writer.add(rec) {
-                    first_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
+                let Ok(job) = next else { break };
+                if failed.load(Ordering::Relaxed) {
+                    continue; // drain: the backup is abandoned anyway
+                }
+                match job() {
+                    Ok(true) => {
+                        reused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                    }
                 }
             });
         }
-        let result = (|| -> OpResult<()> {
-            for e in &entries {
+        {
+            for (e, fref) in entries {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
                 let kind_name = match e.kind {
                     EntryKind::File => "file",
                     EntryKind::Directory => "dir",
                     EntryKind::Symlink { .. } => "symlink",
                 };
-                let what = format!("{}/{}", e.domain, e.path);
                 let skip = |reason: String| Skip {
                     kind: kind_name.into(),
-                    what: what.clone(),
+                    what: format!("{}/{}", e.domain, e.path),
                     class: matches!(e.kind, EntryKind::File).then(|| class_name(e.class)),
                     reason,
                 };
@@ -552,14 +633,23 @@ fn backup_inner(
                         .push(skip("inside a folder flagged exclude-from-backup".into()));
                     continue;
                 }
-                let mut rec = match &e.kind {
-                    EntryKind::Directory => {
-                        report.directories += 1;
-                        NewRecord::directory(&e.domain, &e.path)
-                    }
-                    EntryKind::Symlink { target } => {
-                        report.symlinks += 1;
-                        NewRecord::symlink(&e.domain, &e.path, target)
+                let job: Job<'_> = match &e.kind {
+                    EntryKind::Directory | EntryKind::Symlink { .. } => {
+                        let mut rec = match &e.kind {
+                            EntryKind::Symlink { target } => {
+                                report.symlinks += 1;
+                                NewRecord::symlink(&e.domain, &e.path, target)
+                            }
+                            _ => {
+                                report.directories += 1;
+                                NewRecord::directory(&e.domain, &e.path)
+                            }
+                        };
+                        fill_meta(&mut rec, &e);
+                        Box::new(move || {
+                            writer_ref.add(rec)?;
+                            Ok(false)
+                        })
                     }
                     EntryKind::File => {
                         if !device.class_key_available(e.class) {
@@ -571,122 +661,60 @@ fn backup_inner(
                             )));
                             continue;
                         }
-                        if let Some(prev) = &previous {
-                            if let Some(old) = prev.files.get(&(e.domain.clone(), e.path.clone())) {
-                                let unchanged = old.file.as_ref().is_some_and(|f| {
-                                    f.size == e.size
-                                        && f.mtime == e.mtime
-                                        && f.protection_class == e.class.0
-                                });
-                                if unchanged {
-                                    let mut meta = NewRecord::file(
-                                        &e.domain,
-                                        &e.path,
-                                        Content::Bytes(Vec::new()),
-                                    );
-                                    fill_meta(&mut meta, e);
-                                    meta.kind = Kind::File {
-                                        content: Content::Bytes(Vec::new()),
-                                        protection_class: e.class.0,
-                                    };
-                                    let wrapped =
-                                        old.file.as_ref().and_then(|f| f.encryption_key.as_ref());
-                                    if prev.same_keybag {
-                                        // Same keybag: the wrapped key is kept as it is.
-                                        if let Some(w) = wrapped {
-                                            let blob = prev.backup.blob_path(old)?;
-                                            let digest =
-                                                old.file.as_ref().and_then(|f| f.digest.clone());
-                                            if writer
-                                                .add_existing_blob_wrapped(
-                                                    meta, &blob, w, e.size, digest,
-                                                )
-                                                .is_ok()
-                                            {
-                                                report.files += 1;
-                                                report.bytes += e.size;
-                                                report.reused += 1;
-                                                continue;
-                                            }
-                                        }
-                                    } else {
-                                        let key = match wrapped {
-                                            Some(k) => match prev.backup.keys() {
-                                                Some(keys) => keys.unwrap_persistent(k).ok(),
-                                                None => None,
-                                            },
-                                            None => None,
-                                        };
-                                        if key.is_some() == prev.backup.is_encrypted() {
-                                            let blob = prev.backup.blob_path(old)?;
-                                            let digest =
-                                                old.file.as_ref().and_then(|f| f.digest.clone());
-                                            if writer
-                                                .add_existing_blob(
-                                                    meta,
-                                                    &blob,
-                                                    key.as_ref(),
-                                                    e.size,
-                                                    digest,
-                                                )
-                                                .is_ok()
-                                            {
-                                                report.files += 1;
-                                                report.bytes += e.size;
-                                                report.reused += 1;
-                                                continue;
-                                            }
-                                        }
-                                    }
+                        let fref = fref.expect("files have a ref");
+                        report.files += 1;
+                        report.bytes += e.size;
+                        let old = previous_ref.and_then(|prev| {
+                            prev.files
+                                .get(&(e.domain.clone(), e.path.clone()))
+                                .filter(|old| {
+                                    old.file.as_ref().is_some_and(|f| {
+                                        f.size == e.size
+                                            && f.mtime == e.mtime
+                                            && f.protection_class == e.class.0
+                                    })
+                                })
+                                .map(|old| (prev, old))
+                        });
+                        Box::new(move || {
+                            if let Some((prev, old)) = old {
+                                if reuse_blob(writer_ref, prev, old, &e, in_place)? {
+                                    return Ok(true);
                                 }
                             }
-                        }
-                        // Only the key is unwrapped here; the blob is decrypted
-                        // (streaming, same CBC+PKCS7 format as backup blobs) inside
-                        // the writer's workers, in parallel with re-encryption.
-                        let of = device.open_file(&e.domain, &e.path)?;
-                        let reader = BlobReader::encrypted(of.blob_path(), of.file_key())?;
-                        if !reader.padding_ok() || reader.len() != e.size {
-                            return Err(OpError::Refused(format!(
-                                "{}: damaged file on the device ({}/{}): {}",
-                                of.blob_path().display(),
-                                e.domain,
-                                e.path,
-                                if reader.padding_ok() {
-                                    format!("{} bytes, index says {}", reader.len(), e.size)
-                                } else {
-                                    "bad padding".to_string()
-                                }
-                            )));
-                        }
-                        report.files += 1;
-                        report.bytes += reader.len();
-                        NewRecord::file(&e.domain, &e.path, Content::Reader(Box::new(reader)))
+                            copy_file(writer_ref, device, e, &fref)?;
+                            Ok(false)
+                        })
                     }
                 };
-                fill_meta(&mut rec, e);
-                if let Kind::File {
-                    protection_class, ..
-                } = &mut rec.kind
-                {
-                    *protection_class = e.class.0;
-                }
-                if tx.send(rec).is_err() {
+                if tx.send(job).is_err() {
                     break;
                 }
             }
-            Ok(())
-        })();
-        drop(tx);
-        if let Err(e) = result {
-            produce_error = Some(e);
         }
+        drop(tx);
     });
-    if let Some(e) = produce_error {
+    drop(rx); // ends the jobs' borrows of `writer` and `previous`
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e.into());
+    report.reused = reused.into_inner();
+
+    if let Some(check) = check {
+        report.kdf_runs += 1;
+        let same_password = check
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        if !same_password {
+            // Another password: the backup password changes, which takes a new keybag
+            // (fresh class keys, so the old password opens nothing new). The work done
+            // under the kept keybag is dropped with its staging folder and redone.
+            drop(writer);
+            drop(previous);
+            let mut again = backup_inner(device, out, opts, use_device_setting, true)?;
+            again.kdf_runs += report.kdf_runs;
+            return Ok(again);
+        }
     }
 
     // Keychain.
@@ -736,9 +764,20 @@ fn backup_inner(
     }
     writer.add_keychain(items)?;
     drop(previous);
+    // A new keybag (first password, or a changed one) is kept by the device from now on.
+    let to_keep = match &plan {
+        Plan::Fresh { .. } => writer.kept_keybag()?.map(|k| KeptKeybag {
+            keybag: k.keybag,
+            passkey: k.passkey,
+        }),
+        _ => None,
+    };
+    if to_keep.is_some() {
+        report.kdf_runs += 1;
+    }
     let written = writer.finish()?;
 
-    if written != out {
+    if !in_place && written != out {
         // Swap: old → aside, new → out, remove the old one.
         let aside = out.with_file_name(format!(
             ".{}.keybag-old-{}",
@@ -757,11 +796,91 @@ fn backup_inner(
         }
         fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     }
-    if let Some((kept, true)) = &chosen {
+    if let Some(kept) = &to_keep {
         store_kept(device, kept)?;
         report.backup_password_set = true;
     }
     Ok(report)
+}
+
+/// An unchanged file's blob from the previous backup, linked with its key kept (same
+/// keybag) or re-wrapped. `Ok(false)` when it cannot be reused (the caller copies instead).
+fn reuse_blob(
+    writer: &BackupWriter,
+    prev: &Previous,
+    old: &mobilebackup::Record,
+    e: &crate::Entry,
+    in_place: bool,
+) -> OpResult<bool> {
+    let mut meta = NewRecord::file(&e.domain, &e.path, Content::Bytes(Vec::new()));
+    fill_meta(&mut meta, e);
+    meta.kind = Kind::File {
+        content: Content::Bytes(Vec::new()),
+        protection_class: e.class.0,
+    };
+    let Some(f) = old.file.as_ref() else {
+        return Ok(false);
+    };
+    let digest = f.digest.clone();
+    if in_place {
+        // Same keys: the blob stays where it is and keeps its wrapped key.
+        let wrapped = f.encryption_key.as_deref().filter(|_| prev.same_keybag);
+        return Ok(writer.keep_blob(meta, wrapped, e.size, digest).is_ok());
+    }
+    let blob = prev.backup.blob_path(old)?;
+    if prev.same_keybag {
+        // Same keybag: the wrapped key is kept as it is.
+        let Some(w) = f.encryption_key.as_ref() else {
+            return Ok(false);
+        };
+        return Ok(writer
+            .add_existing_blob_wrapped(meta, &blob, w, e.size, digest)
+            .is_ok());
+    }
+    let key = match (f.encryption_key.as_ref(), prev.backup.keys()) {
+        (Some(k), Some(keys)) => keys.unwrap_persistent(k).ok(),
+        _ => None,
+    };
+    if key.is_some() != prev.backup.is_encrypted() {
+        return Ok(false);
+    }
+    Ok(writer
+        .add_existing_blob(meta, &blob, key.as_ref(), e.size, digest)
+        .is_ok())
+}
+
+/// Streams one device file into the backup: its key is unwrapped here and its blob
+/// decrypted inside the writer (same CBC+PKCS7 format as backup blobs), next to the
+/// re-encryption, without holding the file in memory.
+fn copy_file(
+    writer: &BackupWriter,
+    device: &Device,
+    e: crate::Entry,
+    fref: &crate::store::FileRef,
+) -> OpResult<()> {
+    let (domain, path, size) = (e.domain.clone(), e.path.clone(), e.size);
+    let mut rec = NewRecord::file(&domain, &path, Content::Bytes(Vec::new()));
+    fill_meta(&mut rec, &e);
+    let class = e.class.0;
+    let of = device.open_ref(e, fref)?;
+    let reader = BlobReader::encrypted(of.blob_path(), of.file_key())?;
+    if !reader.padding_ok() || reader.len() != size {
+        return Err(OpError::Refused(format!(
+            "{}: damaged file on the device ({domain}/{path}): {}",
+            of.blob_path().display(),
+            if reader.padding_ok() {
+                format!("{} bytes, index says {size}", reader.len())
+            } else {
+                "bad padding".to_string()
+            }
+        )));
+    }
+    rec.kind = Kind::File {
+        content: Content::Reader(Box::new(reader)),
+        protection_class: class,
+    };
+    writer.add(rec)?;
+    Ok(())
 }
 
 fn fill_meta(rec: &mut NewRecord, e: &crate::Entry) {

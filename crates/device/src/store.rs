@@ -59,6 +59,12 @@ pub(crate) fn check(domain: &str, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// What opening a regular file needs, as the index holds it (nothing unwrapped).
+pub(crate) struct FileRef {
+    wrapped: Option<Vec<u8>>,
+    blob: Option<String>,
+}
+
 struct Row {
     entry: Entry,
     wrapped_key: Option<Vec<u8>>,
@@ -447,19 +453,58 @@ impl Device {
                 reason: "is not a regular file",
             });
         }
-        let wrapped = r
-            .wrapped_key
+        let fref = FileRef {
+            wrapped: r.wrapped_key,
+            blob: r.blob,
+        };
+        self.open_ref(r.entry, &fref)
+    }
+
+    /// Every entry, sorted by domain and path, with what opening a regular file needs
+    /// (read in the same query, so that a backup's workers open files without going back
+    /// to the index, whose connection is shared).
+    pub(crate) fn entries_with_refs(&self) -> Result<Vec<(Entry, Option<FileRef>)>> {
+        let dbp = db_path(&self.dir);
+        let conn = self.store_db();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM files ORDER BY domain, path"
+            ))
+            .map_err(db(&dbp))?;
+        let rows = stmt
+            .query_map([], row)
+            .map_err(db(&dbp))?
+            .map(|r| {
+                r.map(|r| {
+                    let fref = (r.entry.kind == EntryKind::File).then_some(FileRef {
+                        wrapped: r.wrapped_key,
+                        blob: r.blob,
+                    });
+                    (r.entry, fref)
+                })
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db(&dbp))?;
+        Ok(rows)
+    }
+
+    /// Opens the regular file `entry` listed by [`entries_with_refs`](Self::entries_with_refs):
+    /// unwraps its key (fails with [`Error::ClassUnavailable`] when the class key is not held).
+    pub(crate) fn open_ref(&self, entry: Entry, fref: &FileRef) -> Result<OpenFile> {
+        let dbp = db_path(&self.dir);
+        let (domain, path) = (&entry.domain, &entry.path);
+        let wrapped = fref
+            .wrapped
+            .as_ref()
             .ok_or_else(|| damaged(&dbp, format!("{domain}/{path} has no file key")))?;
-        let id = r
+        let id = fref
             .blob
+            .as_ref()
             .ok_or_else(|| damaged(&dbp, format!("{domain}/{path} has no blob")))?;
-        check_blob_id(&dbp, &id)?;
-        let key = self.unwrap_file_key(r.entry.class, &wrapped, &dbp)?;
-        Ok(OpenFile {
-            entry: r.entry,
-            key,
-            blob: blob_path(&self.dir, &id),
-        })
+        check_blob_id(&dbp, id)?;
+        let key = self.unwrap_file_key(entry.class, wrapped, &dbp)?;
+        let blob = blob_path(&self.dir, id);
+        Ok(OpenFile { entry, key, blob })
     }
 
     /// Decrypts a file to `out`; returns its length.

@@ -469,6 +469,64 @@ fn incremental_backup_reuses_unchanged_blobs() {
     let third = backup(&d, &out, &backup_opts(true)).unwrap();
     assert_eq!(third.reused, third.files - 1);
     assert_eq!(leftovers(&w.root), Vec::<String>::new());
+
+    // Remove a file and add one. The backup is updated in place: kept blobs are the same
+    // files on disk (same inode), the removed file's blob is deleted, nothing is left over.
+    let blobs = |out: &Path| -> BTreeMap<String, u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut m = BTreeMap::new();
+        for sub in std::fs::read_dir(out).unwrap().map(|e| e.unwrap()) {
+            let name = sub.file_name().to_string_lossy().into_owned();
+            if name.len() == 2 && sub.path().is_dir() {
+                for b in std::fs::read_dir(sub.path()).unwrap().map(|e| e.unwrap()) {
+                    let id = b.file_name().to_string_lossy().into_owned();
+                    m.insert(id, b.metadata().unwrap().ino());
+                }
+            } else {
+                assert!(!name.starts_with('.'), "left in the backup: {name}");
+            }
+        }
+        m
+    };
+    let before = blobs(&out);
+    let gone = mobilebackup::layout::file_id(&app_domain(), &file_path("D"));
+    let added_path = "Documents/added.txt";
+    let added = mobilebackup::layout::file_id(&app_domain(), added_path);
+    let kept = mobilebackup::layout::file_id(&app_domain(), &file_path("A"));
+    assert!(before.contains_key(&gone) && !before.contains_key(&added));
+    d.remove(&app_domain(), &file_path("D")).unwrap();
+    d.put(&app_domain(), added_path, &mut &b"added"[..], &opts)
+        .unwrap();
+    let fourth = backup(&d, &out, &backup_opts(true)).unwrap();
+    assert_eq!(fourth.reused, fourth.files - 1, "{fourth:?}");
+    let after = blobs(&out);
+    assert!(
+        !after.contains_key(&gone),
+        "the removed file's blob is deleted"
+    );
+    assert!(after.contains_key(&added));
+    assert_eq!(
+        after[&kept], before[&kept],
+        "an unchanged blob is not rewritten"
+    );
+    assert_eq!(leftovers(&w.root), Vec::<String>::new());
+    let mut b = Backup::open(&out).unwrap();
+    b.unlock(&mobilebackup::Credentials {
+        secret: mobilebackup::Secret::Password(Zeroizing::new(PW.to_vec())),
+        device_key: None,
+        limits: Default::default(),
+    })
+    .unwrap();
+    assert_eq!(
+        b.catalog()
+            .unwrap()
+            .records
+            .iter()
+            .filter(|r| r.kind() == mobilebackup::RecordKind::File)
+            .count(),
+        after.len(),
+        "one blob per file record, no orphans"
+    );
     // And the result restores to the new content.
     let cell = w.root.join("cell");
     copy_tree(&w.same_template, &cell);
@@ -480,4 +538,7 @@ fn incremental_backup_reuses_unchanged_blobs() {
     let mut buf = Vec::new();
     dev.get(&app_domain(), &file_path("A"), &mut buf).unwrap();
     assert_eq!(buf, file_bytes("A"));
+    let mut buf = Vec::new();
+    dev.get(&app_domain(), added_path, &mut buf).unwrap();
+    assert_eq!(buf, b"added");
 }

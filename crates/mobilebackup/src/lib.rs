@@ -24,6 +24,7 @@ pub mod passwd;
 pub mod plists;
 mod reader;
 pub mod staging;
+pub mod update;
 pub mod writer;
 
 pub use error::{Error, Result};

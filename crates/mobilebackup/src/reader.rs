@@ -181,6 +181,14 @@ impl Backup {
                 reason: "not a folder".into(),
             });
         }
+        if crate::update::pending(&root) {
+            return Err(Error::NotABackup {
+                path: root.join(crate::update::UPDATE_DIR),
+                reason: "an interrupted keybag update is half applied here; run the same \
+                         `keybag device backup` again to finish it"
+                    .into(),
+            });
+        }
         let db = root.join(MANIFEST_DB);
         let mplist = root.join(MANIFEST_PLIST);
         if !db.is_file() {

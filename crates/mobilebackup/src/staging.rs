@@ -11,8 +11,35 @@ use crate::{Error, Result};
 /// A staging folder for `dest`.
 #[derive(Debug)]
 pub struct Staging {
-    dir: Option<tempfile::TempDir>,
+    dir: Option<Place>,
     dest: PathBuf,
+}
+
+/// Where the staging folder is.
+#[derive(Debug)]
+enum Place {
+    /// Beside a new backup folder (renamed into place by `commit`).
+    Fresh(tempfile::TempDir),
+    /// [`crate::update::UPDATE_DIR`] inside an existing backup (committed by
+    /// `commit_update`); removed on drop unless committed.
+    Update(PathBuf),
+}
+
+impl Place {
+    fn path(&self) -> &Path {
+        match self {
+            Place::Fresh(t) => t.path(),
+            Place::Update(p) => p,
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(Place::Update(p)) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 impl Staging {
@@ -45,8 +72,19 @@ impl Staging {
             .tempdir_in(&parent)
             .map_err(Error::io(&parent))?;
         Ok(Self {
-            dir: Some(dir),
+            dir: Some(Place::Fresh(dir)),
             dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Creates the update folder inside the existing backup `root` (see [`crate::update`]).
+    /// Fails when one is there already: run [`crate::update::recover`] first.
+    pub fn update(root: &Path) -> Result<Self> {
+        let dir = root.join(crate::update::UPDATE_DIR);
+        std::fs::create_dir(&dir).map_err(Error::io(&dir))?;
+        Ok(Self {
+            dir: Some(Place::Update(dir)),
+            dest: root.to_path_buf(),
         })
     }
 
@@ -73,13 +111,40 @@ impl Staging {
 
     /// Leaves the staging folder in place and hands it to the caller (for tests).
     pub fn keep(mut self) -> PathBuf {
-        self.dir.take().expect("present until commit").keep()
+        match self.dir.take().expect("present until commit") {
+            Place::Fresh(t) => t.keep(),
+            Place::Update(p) => p,
+        }
+    }
+
+    /// Commits an update (see [`crate::update`]): the commit marker naming the blobs to
+    /// drop, then every staged file moved into place. Returns the backup folder.
+    pub fn commit_update(mut self, dropped: &[String]) -> Result<PathBuf> {
+        let Some(Place::Update(dir)) = self.dir.take() else {
+            return Err(Error::malformed(&self.dest, "not an update staging folder"));
+        };
+        if let Err(e) = crate::update::commit(&self.dest, dropped) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        // Decided: from here a failure is finished by the next `update::recover`.
+        crate::update::apply(&self.dest)?;
+        Ok(self.dest.clone())
     }
 
     /// Moves the staging folder to the destination (atomic on one file system).
     /// Fails, removing the staging folder, if the destination appeared meanwhile.
     pub fn commit(mut self) -> Result<PathBuf> {
-        let dir = self.dir.take().expect("present until commit");
+        let dir = match self.dir.take().expect("present until commit") {
+            Place::Fresh(t) => t,
+            Place::Update(p) => {
+                self.dir = Some(Place::Update(p));
+                return Err(Error::malformed(
+                    &self.dest,
+                    "an update commits with commit_update",
+                ));
+            }
+        };
         if std::fs::symlink_metadata(&self.dest).is_ok() {
             return Err(already_exists(&self.dest));
         }
