@@ -25,7 +25,7 @@
 # Every hyperfine benchmark runs in KEYBAG_BENCH_ROUNDS (3) rounds, each with one warm-up run
 # per command and then KEYBAG_BENCH_KDF_RUNS (4) runs for the KDF, KEYBAG_BENCH_RUNS (3) for
 # extract and writer, KEYBAG_BENCH_COLD_RUNS (2; 0 skips them) for cold-cache extract; the
-# rounds are pooled (merge.py). Input size: KEYBAG_BENCH_FILES (2000), KEYBAG_BENCH_MIB (512),
+# rounds are pooled (scripts/hf-merge.py). Input size: KEYBAG_BENCH_FILES (2000), KEYBAG_BENCH_MIB (512),
 # KEYBAG_BENCH_BIG_MIB (2100). A full run takes about 7 minutes (plus ~30 s the first time,
 # to generate the inputs) and writes at most ~6 GB at once.
 # Secrets: passwords go through the KEYBAG_PASSWORD environment variable and derived keys
@@ -189,35 +189,8 @@ hf() {
             --export-json "$R/$name.round$k.json" --export-markdown "$R/$name.round$k.md" \
             "${@//@ROUND@/$k}"
     done
-    "$PY" "$B/py/merge.py" "$R/$name" "$rounds"
+    python3 "$repo/scripts/hf-merge.py" "$R/$name" "$rounds"
 }
-cat >"$B/py/merge.py" <<'EOF'
-# merge.py PREFIX ROUNDS: pools PREFIX.round{1..ROUNDS}.json into PREFIX.json (+ .md).
-import json, statistics, sys
-prefix, rounds = sys.argv[1], int(sys.argv[2])
-merged = {}
-for k in range(1, rounds + 1):
-    for r in json.load(open(f"{prefix}.round{k}.json"))["results"]:
-        m = merged.setdefault(r["command"], {"command": r["command"], "times": [], "user_s": [], "system_s": []})
-        m["times"] += r["times"]
-        m["user_s"].append(r["user"])
-        m["system_s"].append(r["system"])
-rows = []
-for m in merged.values():
-    t = m["times"]
-    m.update(mean=statistics.mean(t), stddev=statistics.stdev(t) if len(t) > 1 else 0.0,
-             median=statistics.median(t), min=min(t), max=max(t),
-             user=statistics.mean(m.pop("user_s")), system=statistics.mean(m.pop("system_s")))
-    rows.append(m)
-json.dump({"results": rows, "rounds": rounds}, open(f"{prefix}.json", "w"), indent=1)
-with open(f"{prefix}.md", "w") as f:
-    f.write("| Command | Mean [s] | Median [s] | Min [s] | Max [s] | User [s] | System [s] | Runs |\n")
-    f.write("|:---|---:|---:|---:|---:|---:|---:|---:|\n")
-    for m in rows:
-        f.write(f'| `{m["command"]}` | {m["mean"]:.3f} ± {m["stddev"]:.3f} | {m["median"]:.3f} | {m["min"]:.3f} '
-                f'| {m["max"]:.3f} | {m["user"]:.3f} | {m["system"]:.3f} | {len(m["times"])} |\n')
-print(open(f"{prefix}.md").read())
-EOF
 
 # --- 1. KDF --------------------------------------------------------------------------------
 log "1. KDF (fixture, DPIC 10M): $ROUNDS rounds x $KDF_RUNS runs, 1 warm-up each"

@@ -15,9 +15,17 @@
 //!   unlock, A and B only while unlocked); everything else is listed in
 //!   [`BackupReport::skipped`] with the reason.
 //! * Into an existing backup folder of the same device and encryption, files whose
-//!   (domain, path, size, mtime, class) did not change keep their blob (hard-linked, their key
-//!   re-wrapped), so an unchanged device is re-backed up without re-encrypting anything
-//!   ([`BackupReport::reused`]). The new backup is built beside the old one and swapped in.
+//!   (domain, path, size, mtime, class) did not change keep their blob
+//!   ([`BackupReport::reused`]), so an unchanged device is re-backed up without re-encrypting
+//!   anything. Under the same keys (the device's kept keybag, or unencrypted both times) the
+//!   folder is updated in place ([`mobilebackup::update`]: unchanged blobs are not touched,
+//!   the rest is committed like a journal, and an interrupted update is finished or undone
+//!   by the next backup); under another keybag the kept blobs are hard-linked into a new
+//!   folder with their keys re-wrapped, and that folder is swapped in.
+//! * For a new keybag the password KDF runs on its own thread while files are encrypted
+//!   (the writer seals the keybag at the end); a password given with a kept keybag is checked
+//!   the same way, and a different one (a password change) redoes the backup under a fresh
+//!   keybag.
 //! * "Encrypt local backup" lives on the device, as on iOS: the first backup made with a
 //!   password derives the backup keybag (one PBKDF2 run of `dpic` rounds) and the device
 //!   keeps it in `secure/backup-keybag`, its passkey wrapped under a UID-derived key (like a
