@@ -1,11 +1,17 @@
 //! Backup / incremental re-backup / restore of a virtual device with ≥ 10,000 files and ≥ 1 GB,
 //! against `cp -r` of the device folder (docs/BENCHMARKS.md, "Device backup").
 //!
-//!     cargo run --release -p device --example device_bench -- /tmp/keybag-device-bench
+//!     cargo run --release -p device --example device_bench -- populate DIR
+//!         makes DIR/phone (10,000 files of 105 kB, classes A–D round-robin, 20 app
+//!         domains, passcode set, unlocked) and DIR/target-empty (an unlocked device with
+//!         nothing stored, to restore onto); `scripts/bench-device.sh` then times the
+//!         `keybag device …` commands against `cp -r` with hyperfine.
+//!     cargo run --release -p device --example device_bench -- all DIR
+//!         one quick in-process run of every step (single timings; DIR is removed first).
 //!
-//! Data is generated under the given folder (default /tmp/keybag-device-bench), never the repo.
+//! The passcode of both devices is `123456` (benchmark data protects nothing).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use device::backup::{backup, backup_with_device_setting, BackupOptions};
@@ -13,37 +19,31 @@ use device::restore::{restore, RestoreOptions};
 use device::{Device, InitOptions, LockState, ProtectionClass, PutOptions};
 use zeroize::Zeroizing;
 
-fn main() {
-    let root = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "/tmp/keybag-device-bench".into()),
-    );
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    let pass = b"123456";
-    let init = |name: &str| {
-        let mut d = Device::init(
-            &root.join(name),
-            InitOptions {
-                name: name.into(),
-                passcode: Some(Zeroizing::new(pass.to_vec())),
-                passcode_iterations: Some(10_000),
-                ..InitOptions::default()
-            },
-        )
-        .unwrap();
-        if d.state() != LockState::Unlocked {
-            d.unlock(pass).unwrap();
-        }
-        d
-    };
-    let mut d = init("phone");
-    let files = 10_000usize;
-    let size = 105_000usize; // 10,000 × 105 kB = 1.05 GB
+const PASSCODE: &[u8] = b"123456";
+const FILES: usize = 10_000;
+const SIZE: usize = 105_000; // 10,000 × 105 kB = 1.05 GB
+
+fn init(dir: &Path, name: &str) -> Device {
+    let mut d = Device::init(
+        dir,
+        InitOptions {
+            name: name.into(),
+            passcode: Some(Zeroizing::new(PASSCODE.to_vec())),
+            passcode_iterations: Some(10_000),
+            ..InitOptions::default()
+        },
+    )
+    .unwrap();
+    if d.state() != LockState::Unlocked {
+        d.unlock(PASSCODE).unwrap();
+    }
+    d
+}
+
+fn populate(d: &mut Device) {
     let t = Instant::now();
-    let mut buf = vec![0u8; size];
-    for i in 0..files {
+    let mut buf = vec![0u8; SIZE];
+    for i in 0..FILES {
         for (j, b) in buf.iter_mut().enumerate().step_by(97) {
             *b = (i * 7 + j) as u8;
         }
@@ -60,14 +60,35 @@ fn main() {
         )
         .unwrap();
     }
-    eprintln!("populate: {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "populate: {FILES} files of {SIZE} bytes in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+}
 
-    let cp_dst = root.join("cp-copy");
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, root) = match args.as_slice() {
+        [m, d] => (m.as_str(), PathBuf::from(d)),
+        _ => {
+            eprintln!("usage: device_bench populate|all DIR");
+            std::process::exit(2);
+        }
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut d = init(&root.join("phone"), "phone");
+    populate(&mut d);
+    if mode == "populate" {
+        drop(init(&root.join("target-empty"), "target"));
+        return;
+    }
+
     let t = Instant::now();
     let st = std::process::Command::new("cp")
         .arg("-r")
         .arg(root.join("phone"))
-        .arg(&cp_dst)
+        .arg(root.join("cp-copy"))
         .status()
         .unwrap();
     assert!(st.success());
@@ -87,7 +108,7 @@ fn main() {
     let inc = t.elapsed().as_secs_f64();
     assert!(r2.encrypted && r2.device_keybag && r2.kdf_runs == 0);
     drop(d);
-    drop(init("target"));
+    drop(init(&root.join("target"), "target"));
     let t = Instant::now();
     let rr = restore(
         &root.join("target"),
@@ -116,4 +137,5 @@ fn main() {
         "restore onto another device ({} files): {rest:.2} s",
         rr.files
     );
+    let _ = std::fs::remove_dir_all(&root);
 }
