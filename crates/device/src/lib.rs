@@ -55,6 +55,7 @@
 
 pub mod backup;
 mod bag;
+mod batch;
 mod device;
 mod error;
 pub mod import;
@@ -72,6 +73,7 @@ pub use mobilebackup::keychain::DerValue;
 use zeroize::Zeroizing;
 
 pub use bag::split_envelope;
+pub use batch::{OpenContent, PutItem};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use sep::calibrate_iterations;

@@ -13,6 +13,8 @@
 //! * Nothing is half-restored: the target folder is copied to a staging folder beside it, the
 //!   restore runs there, and only a complete restore is swapped in. A wrong password, a damaged
 //!   blob or keychain, or any other error leaves the target untouched.
+//! * Folders, symlinks and removals are done record by record; then every regular file is
+//!   written in one [`Device::put_many`] batch (parallel encryption, one index transaction).
 //! * Files already on the target and not in the backup are kept; items already on the target
 //!   (same table, class and attributes) are not added twice.
 
@@ -22,6 +24,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dataprotection::{KdfLimits, ProtectionClass};
+use mobilebackup::blob::BlobReader;
 use mobilebackup::keychain::{self, item, DerValue, ItemState, Keychain};
 use mobilebackup::{Backup, Credentials, Record, RecordKind, Secret};
 use serde::Serialize;
@@ -30,7 +33,7 @@ use zeroize::Zeroizing;
 use crate::backup::{
     class_name, describe_item, io_err, unencrypted_backup_passkey, OpError, OpResult, Skip,
 };
-use crate::{Device, EntryKind, LockState, PutOptions};
+use crate::{Device, EntryKind, LockState, PutItem, PutOptions};
 
 /// How to restore.
 #[derive(Default)]
@@ -233,6 +236,9 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
         .into_iter()
         .map(|e| ((e.domain, e.path), e.kind))
         .collect();
+    // Regular files are written together once the loop has made the folders (and removed
+    // what files replace): in parallel, and indexed in one transaction.
+    let mut files = Vec::new();
     for rec in &catalog.records {
         let what = rec.display_path();
         if let Some(p) = &rec.problem {
@@ -272,19 +278,19 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
                 report.symlinks += 1;
             }
             RecordKind::File => {
+                // Before the batch: the file takes this path's place.
                 if matches!(
                     present,
                     Some(EntryKind::Directory | EntryKind::Symlink { .. })
                 ) {
                     dev.remove(&rec.domain, &rec.relative_path)?;
                 }
-                report.bytes += put_from_backup(&mut dev, &backup, rec).map_err(|e| match e {
+                files.push(backup_item(&backup, rec, move |e| match e {
                     OpError::Backup(mobilebackup::Error::DamagedBlob { path, reason }) => {
                         OpError::Damaged(format!("{}: {what}: {reason}", path.display()))
                     }
                     e => e,
-                })?;
-                report.files += 1;
+                })?);
             }
             RecordKind::Other(flags) => report.skipped.push(Skip {
                 kind: format!("flags={flags}"),
@@ -294,6 +300,9 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
             }),
         }
     }
+    let sizes = dev.put_many(files)?;
+    report.files += sizes.len() as u64;
+    report.bytes += sizes.iter().sum::<u64>();
 
     if let Some(kc) = kc {
         let mut have: std::collections::HashSet<Vec<u8>> = dev
@@ -349,23 +358,32 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
     Ok(report)
 }
 
-/// Streams one regular file of `backup` into `dev` under its recorded class (class C when
-/// the record has none usable), mode, owner and mtime; returns its plaintext length. The
-/// length comes from the padding, not from `Size` (real backups get `Size` wrong, spec §7.2);
-/// a blob with bad padding is an error before anything is written.
-pub(crate) fn put_from_backup(dev: &mut Device, backup: &Backup, rec: &Record) -> OpResult<u64> {
-    let f = rec
-        .file
-        .as_ref()
-        .ok_or_else(|| OpError::Damaged(format!("{}: undecodable record", rec.display_path())))?;
-    let mut reader = backup.open_file(rec)?;
+/// Opens a regular file of `backup` for a restore or an import. A blob with bad padding is
+/// an error here, before anything of it is written; the reader's length comes from the
+/// padding, not from `Size` (real backups get `Size` wrong, spec §7.2).
+pub(crate) fn open_checked(backup: &Backup, rec: &Record) -> OpResult<BlobReader> {
+    let reader = backup.open_file(rec)?;
     if !reader.padding_ok() {
         return Err(OpError::Backup(mobilebackup::Error::DamagedBlob {
             path: backup.blob_path(rec)?,
             reason: "bad padding (damaged blob or wrong key)".into(),
         }));
     }
-    let len = reader.len();
+    Ok(reader)
+}
+
+/// One regular file of `backup` as a [`Device::put_many`] item, under its recorded class
+/// (class C when the record has none usable), mode, owner and mtime. The worker that writes
+/// it opens it with [`open_checked`]; `map_err` turns that failure into the caller's error.
+pub(crate) fn backup_item<'a>(
+    backup: &'a Backup,
+    rec: &'a Record,
+    map_err: impl FnOnce(OpError) -> OpError + Send + 'a,
+) -> OpResult<PutItem<'a, OpError>> {
+    let f = rec
+        .file
+        .as_ref()
+        .ok_or_else(|| OpError::Damaged(format!("{}: undecodable record", rec.display_path())))?;
     let class = ProtectionClass(f.protection_class);
     let class = if class.is_file_class() {
         class
@@ -380,6 +398,10 @@ pub(crate) fn put_from_backup(dev: &mut Device, backup: &Backup, rec: &Record) -
         mtime: Some(f.mtime),
         exclude_from_backup: false,
     };
-    dev.put(&rec.domain, &rec.relative_path, &mut reader, &put)?;
-    Ok(len)
+    Ok(PutItem::new(
+        rec.domain.clone(),
+        rec.relative_path.clone(),
+        put,
+        move || open_checked(backup, rec).map_err(map_err),
+    ))
 }

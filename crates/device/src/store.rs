@@ -65,6 +65,16 @@ pub(crate) struct FileRef {
     blob: Option<String>,
 }
 
+/// A written blob as the index records it.
+pub(crate) struct StoredBlob<'a> {
+    /// The file key wrapped by the class key.
+    pub(crate) wrapped: &'a [u8],
+    /// The blob id (32 hex digits).
+    pub(crate) id: &'a str,
+    /// Plaintext length.
+    pub(crate) size: u64,
+}
+
 struct Row {
     entry: Entry,
     wrapped_key: Option<Vec<u8>>,
@@ -113,11 +123,11 @@ fn lookup(conn: &Connection, dbp: &Path, domain: &str, path: &str) -> Result<Opt
     .map_err(db(dbp))
 }
 
-fn blob_path(dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn blob_path(dir: &Path, id: &str) -> PathBuf {
     dir.join("store").join(&id[..2]).join(id)
 }
 
-fn check_blob_id(dbp: &Path, id: &str) -> Result<()> {
+pub(crate) fn check_blob_id(dbp: &Path, id: &str) -> Result<()> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(damaged(dbp, format!("bad blob id {id:?}")));
     }
@@ -197,12 +207,12 @@ impl OpenFile {
 }
 
 impl Device {
-    fn store_db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn store_db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wraps a fresh file key for `class`: 40 bytes (A, C, D) or 72 (B, public key only).
-    fn wrap_file_key(&self, class: ProtectionClass, key: &Key256) -> Result<Vec<u8>> {
+    pub(crate) fn wrap_file_key(&self, class: ProtectionClass, key: &Key256) -> Result<Vec<u8>> {
         let kb = crate::device::keybag_path(&self.dir);
         match class.0 {
             2 => Ok(class_b_wrap(
@@ -339,7 +349,26 @@ impl Device {
         let now = self.now();
         let mut conn = self.store_db();
         let tx = conn.transaction().map_err(db(&dbp))?;
-        let old = lookup(&tx, &dbp, domain, path)?;
+        let blob = StoredBlob { wrapped, id, size };
+        let old = self.index_file_in(&tx, now, domain, path, opts, &blob)?;
+        tx.commit().map_err(db(&dbp))?;
+        Ok(old)
+    }
+
+    /// [`Device::index_file`] inside the caller's transaction (a batch indexes many files
+    /// in one); returns the replaced blob id.
+    pub(crate) fn index_file_in(
+        &self,
+        tx: &Connection,
+        now: i64,
+        domain: &str,
+        path: &str,
+        opts: &PutOptions,
+        blob: &StoredBlob<'_>,
+    ) -> Result<Option<String>> {
+        let dbp = db_path(&self.dir);
+        let StoredBlob { wrapped, id, size } = *blob;
+        let old = lookup(tx, &dbp, domain, path)?;
         let birth = match &old {
             Some(r) if r.entry.kind != EntryKind::File => {
                 return Err(Error::WrongKind {
@@ -351,7 +380,7 @@ impl Device {
             Some(r) => r.entry.birth,
             None => now,
         };
-        self.ensure_parents(&tx, domain, path, now)?;
+        self.ensure_parents(tx, domain, path, now)?;
         tx.execute(
             "INSERT OR REPLACE INTO files(domain, path, kind, target, mode, uid, gid, mtime,
                 ctime, birth, class, wrapped_key, exclude, blob, size)
@@ -374,7 +403,6 @@ impl Device {
             ],
         )
         .map_err(db(&dbp))?;
-        tx.commit().map_err(db(&dbp))?;
         Ok(old.and_then(|r| r.blob))
     }
 
