@@ -303,7 +303,7 @@ fn remove_blobs(dir: &Path, written: &[Written]) {
 /// Encrypts `data` to a new file `dst` through `buf` (at least one chunk long); returns the
 /// plaintext length. The part of `buf` that was used is wiped before returning, also on
 /// error (whatever of it is not ciphertext yet is plaintext).
-fn encrypt_with(
+pub(crate) fn encrypt_with(
     key: &Key256,
     data: &mut dyn Read,
     dst: &Path,

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use dataprotection::cbc::{pkcs7_pad_len, Decryptor, Encryptor, BLOCK};
+use dataprotection::cbc::{pkcs7_pad_len, Decryptor, BLOCK};
 use dataprotection::wrap::{unwrap_key, wrap_key};
 use dataprotection::{Key256, ProtectionClass};
 use mobilebackup::layout::{check_domain, check_relative_path};
@@ -312,7 +312,9 @@ impl Device {
         let parent = blob.parent().expect("store/xx");
         std::fs::create_dir_all(parent).map_err(io(parent))?;
         let tmp = blob.with_extension("tmp");
-        let size = match encrypt_to(&key, data, &tmp, domain, path) {
+        // One file: a buffer of its own (the batch path reuses one per worker).
+        let mut buf = vec![0u8; CHUNK];
+        let size = match crate::batch::encrypt_with(&key, data, &tmp, domain, path, &mut buf) {
             Ok(n) => n,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -690,47 +692,4 @@ impl Device {
             .map(|d| d["AppDomain-".len()..].to_string())
             .collect())
     }
-}
-
-/// Encrypts `data` to a new file `dst` in 1 MiB chunks; returns the plaintext length.
-fn encrypt_to(
-    key: &Key256,
-    data: &mut dyn Read,
-    dst: &Path,
-    domain: &str,
-    path: &str,
-) -> Result<u64> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(dst).map_err(io(dst))?;
-    let mut enc = Encryptor::new(key);
-    let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0usize;
-    let mut size = 0u64;
-    loop {
-        let n = match data.read(&mut buf[filled..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(format!("<input for {domain}/{path}>"))(e)),
-        };
-        if n == 0 {
-            break;
-        }
-        filled += n;
-        size += n as u64;
-        if filled == CHUNK {
-            enc.encrypt(&mut buf).expect("aligned");
-            f.write_all(&buf).map_err(io(dst))?;
-            filled = 0;
-        }
-    }
-    let full = filled / BLOCK * BLOCK;
-    enc.encrypt(&mut buf[..full]).expect("aligned");
-    f.write_all(&buf[..full]).map_err(io(dst))?;
-    let last = enc.finish(&buf[full..filled]).expect("short tail");
-    f.write_all(&last).map_err(io(dst))?;
-    zeroize::Zeroize::zeroize(&mut buf);
-    Ok(size)
 }

@@ -29,12 +29,21 @@ pub fn build(rows: &[Row]) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
     conn.execute_batch(
         "PRAGMA page_size = 4096; PRAGMA temp_store = MEMORY; PRAGMA journal_mode = DELETE;",
     )?;
-    conn.execute_batch(SCHEMA)?;
+    // The Files table, its rows, then the rest of the schema in order (its indexes and
+    // Properties): SQLite builds an index from sorted keys far faster than it maintains
+    // three through 10,000 inserts, and `sqlite_master` keeps Apple's order. Rows go in
+    // fileID order for the same reason.
+    let mut statements = SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty());
+    let files_table = statements.next().expect("the schema starts with Files");
+    debug_assert!(files_table.starts_with("CREATE TABLE Files"));
+    conn.execute_batch(files_table)?;
+    let mut order: Vec<&Row> = rows.iter().collect();
+    order.sort_unstable_by(|a, b| a.file_id.cmp(&b.file_id));
     let tx = conn.transaction()?;
     {
         let mut stmt =
             tx.prepare("INSERT INTO Files (fileID, domain, relativePath, flags, file) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for r in rows {
+        for r in order {
             stmt.execute(rusqlite::params![
                 r.file_id,
                 r.domain,
@@ -42,6 +51,9 @@ pub fn build(rows: &[Row]) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
                 r.flags,
                 r.file
             ])?;
+        }
+        for rest in statements {
+            tx.execute_batch(rest)?;
         }
     }
     tx.commit()?;
