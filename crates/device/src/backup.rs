@@ -343,13 +343,22 @@ fn choose_keybag(
 
 /// A previous backup in the output folder whose blobs can be reused.
 struct Previous {
-    /// The fileIDs of every regular file its `Manifest.db` lists.
-    blob_ids: Vec<String>,
+    /// Every record of its `Manifest.db` (for an in-place update).
+    records: Vec<mobilebackup::Record>,
     backup: Backup,
     /// Made under the same keybag as the new backup: wrapped file keys are kept as they are.
     same_keybag: bool,
-    /// (domain, path) → (fileID, size, mtime, class, EncryptionKey, Digest).
-    files: HashMap<(String, String), mobilebackup::Record>,
+    /// (domain, path) → index in `records`, for its usable regular files.
+    files: HashMap<(String, String), usize>,
+}
+
+impl Previous {
+    /// The usable regular file `domain/path` of the previous backup.
+    fn file(&self, domain: &str, path: &str) -> Option<&mobilebackup::Record> {
+        // Owned key: the map is keyed by (String, String).
+        let i = *self.files.get(&(domain.to_string(), path.to_string()))?;
+        Some(&self.records[i])
+    }
 }
 
 fn open_previous(
@@ -405,20 +414,15 @@ fn open_previous(
         }
     }
     let cat = b.catalog().ok()?;
-    let blob_ids = cat
-        .records
-        .iter()
-        .filter(|r| r.kind() == RecordKind::File)
-        .map(|r| r.file_id.clone())
-        .collect();
     let files = cat
         .records
-        .into_iter()
-        .filter(|r| r.kind() == RecordKind::File && r.problem.is_none())
-        .map(|r| ((r.domain.clone(), r.relative_path.clone()), r))
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind() == RecordKind::File && r.problem.is_none())
+        .map(|(i, r)| ((r.domain.clone(), r.relative_path.clone()), i))
         .collect();
     Some(Previous {
-        blob_ids,
+        records: cat.records,
         backup: b,
         same_keybag,
         files,
@@ -556,7 +560,7 @@ fn backup_inner(
         existing_keybag,
     };
     let mut writer = match previous.as_ref().filter(|_| in_place) {
-        Some(prev) => BackupWriter::update(out, wopts, prev.blob_ids.clone())?,
+        Some(prev) => BackupWriter::update(out, wopts, &prev.records)?,
         None => BackupWriter::create(&target, wopts)?,
     };
 
@@ -580,7 +584,10 @@ fn backup_inner(
         .unwrap_or(1)
         .clamp(1, 8);
     type Job<'a> = Box<dyn FnOnce() -> OpResult<bool> + Send + 'a>;
-    let (tx, rx) = mpsc::sync_channel::<Job<'_>>(workers * 4);
+    // Jobs travel in batches: one channel hand-off per file cost more than keeping an
+    // unchanged file does.
+    const BATCH: usize = 32;
+    let (tx, rx) = mpsc::sync_channel::<Vec<Job<'_>>>(workers * 2);
     let rx = Mutex::new(rx);
     let first_error: Mutex<Option<OpError>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
@@ -590,26 +597,29 @@ fn backup_inner(
         for _ in 0..workers {
             s.spawn(|| loop {
                 let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(job) = next else { break };
-                if failed.load(Ordering::Relaxed) {
-                    continue; // drain: the backup is abandoned anyway
-                }
-                match job() {
-                    Ok(true) => {
-                        reused.fetch_add(1, Ordering::Relaxed);
+                let Ok(jobs) = next else { break };
+                for job in jobs {
+                    if failed.load(Ordering::Relaxed) {
+                        break; // drain: the backup is abandoned anyway
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
+                    match job() {
+                        Ok(true) => {
+                            reused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
                     }
                 }
             });
         }
         {
+            let mut batch: Vec<Job<'_>> = Vec::with_capacity(BATCH);
             for (e, fref) in entries {
                 if failed.load(Ordering::Relaxed) {
                     break;
@@ -673,8 +683,7 @@ fn backup_inner(
                         report.files += 1;
                         report.bytes += e.size;
                         let old = previous_ref.and_then(|prev| {
-                            prev.files
-                                .get(&(e.domain.clone(), e.path.clone()))
+                            prev.file(&e.domain, &e.path)
                                 .filter(|old| {
                                     old.file.as_ref().is_some_and(|f| {
                                         f.size == e.size
@@ -695,9 +704,17 @@ fn backup_inner(
                         })
                     }
                 };
-                if tx.send(job).is_err() {
+                batch.push(job);
+                if batch.len() == BATCH
+                    && tx
+                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                        .is_err()
+                {
                     break;
                 }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
             }
         }
         drop(tx);
@@ -832,8 +849,7 @@ fn reuse_blob(
     let digest = f.digest.clone();
     if in_place {
         // Same keys: the blob stays where it is and keeps its wrapped key.
-        let wrapped = f.encryption_key.as_deref().filter(|_| prev.same_keybag);
-        return Ok(writer.keep_blob(meta, wrapped, e.size, digest).is_ok());
+        return Ok(writer.keep_blob(meta, old).is_ok());
     }
     let blob = prev.backup.blob_path(old)?;
     if prev.same_keybag {

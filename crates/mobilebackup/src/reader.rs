@@ -76,6 +76,9 @@ pub struct Record {
     pub flags: i64,
     /// The decoded MBFile, when it decodes.
     pub file: Option<MbFile>,
+    /// The `file` column as stored (the MBFile keyed archive's bytes; empty when NULL), so
+    /// an in-place update can keep an unchanged row without re-encoding it.
+    pub raw: Vec<u8>,
     /// Why this record cannot be used safely (bad path, bad fileID, undecodable MBFile).
     pub problem: Option<String>,
 }
@@ -514,8 +517,10 @@ impl Backup {
                 flags,
                 file: None,
                 problem: None,
+                raw: Vec::new(),
             };
             rec.problem = check_record(&mut rec, blob.as_deref());
+            rec.raw = blob.unwrap_or_default();
             cat.records.push(rec);
         }
         Ok(cat)

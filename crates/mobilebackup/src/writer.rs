@@ -46,7 +46,7 @@ use crate::manifestdb;
 use crate::mbfile::{self, MbFile};
 use crate::plists::DeviceInfo;
 use crate::staging::Staging;
-use crate::{Error, Result};
+use crate::{Error, Record, Result};
 
 /// Size of the chunks file contents are read, encrypted and written in (1 MiB).
 pub const CHUNK: usize = 1 << 20;
@@ -360,6 +360,8 @@ struct Row {
     domain: String,
     flags: i64,
     file: MbFile,
+    /// `file` encoded already: a row an in-place update keeps exactly as it was.
+    encoded: Option<Vec<u8>>,
 }
 
 /// An existing blob to link instead of writing one.
@@ -370,6 +372,8 @@ struct Existing<'a> {
     digest: Option<Vec<u8>>,
     /// The blob already is this record's blob in the backup being updated: nothing to link.
     in_place: bool,
+    /// In-place updates: the record's row in the backup being updated, decoded and as stored.
+    kept_row: Option<(&'a MbFile, &'a [u8])>,
 }
 
 /// The key of an existing blob.
@@ -465,23 +469,35 @@ impl BackupWriter {
     /// Starts an in-place update of the backup at `out_dir` (an incremental backup, see
     /// [`crate::update`]): records whose blob is unchanged are kept where they are with
     /// [`keep_blob`](Self::keep_blob); everything else is added as usual and staged in
-    /// `out_dir/.keybag-update`, and [`finish`](Self::finish) commits it. `previous_blobs`:
-    /// the fileIDs of the regular files the current `Manifest.db` lists; those the new
-    /// backup no longer has are deleted when it commits. A leftover update folder is an
-    /// error: run [`crate::update::recover`] first.
-    pub fn update(
-        out_dir: &Path,
-        opts: WriterOptions,
-        previous_blobs: Vec<String>,
-    ) -> Result<Self> {
+    /// `out_dir/.keybag-update`, and [`finish`](Self::finish) commits it. `previous`: the
+    /// records of the current `Manifest.db`; the blobs of its regular files that the new
+    /// backup no longer has are deleted when it commits, and new rows get inode numbers
+    /// above its own. A leftover update folder is an error: run
+    /// [`crate::update::recover`] first.
+    pub fn update(out_dir: &Path, opts: WriterOptions, previous: &[Record]) -> Result<Self> {
         if !out_dir.join(layout::MANIFEST_PLIST).is_file() {
             return Err(Error::NotABackup {
                 path: out_dir.to_path_buf(),
                 reason: "no Manifest.plist: only an existing backup can be updated".into(),
             });
         }
+        let previous_blobs = previous
+            .iter()
+            .filter(|r| r.kind() == crate::RecordKind::File)
+            .map(|r| r.file_id.clone())
+            .collect();
+        let max_inode = previous
+            .iter()
+            .filter_map(|r| r.file.as_ref().map(|f| f.inode))
+            .max()
+            .unwrap_or(0);
         let staging = Staging::update(out_dir)?;
-        Self::with_staging(out_dir, staging, opts, Some(previous_blobs))
+        let w = Self::with_staging(out_dir, staging, opts, Some(previous_blobs))?;
+        w.next_inode.store(
+            max_inode.saturating_add(1).max(INODE_BASE),
+            Ordering::Relaxed,
+        );
+        Ok(w)
     }
 
     fn with_staging(
@@ -716,6 +732,7 @@ impl BackupWriter {
                 size,
                 digest,
                 in_place: false,
+                kept_row: None,
             }),
         )
     }
@@ -750,6 +767,7 @@ impl BackupWriter {
                 size,
                 digest,
                 in_place: false,
+                kept_row: None,
             }),
         )
     }
@@ -789,18 +807,13 @@ impl BackupWriter {
     }
 
     /// In-place updates ([`update`](Self::update)): keeps the record's blob where the
-    /// backup being updated has it (`xx/<fileID>` of its domain and path), untouched.
-    /// `wrapped_key` is its `EncryptionKey` there, kept as is: required exactly when the
-    /// backup is encrypted, and checked as by
-    /// [`add_existing_blob_wrapped`](Self::add_existing_blob_wrapped) (the writer must use
-    /// the same keybag). `size` and `digest` as there.
-    pub fn keep_blob(
-        &self,
-        rec: NewRecord,
-        wrapped_key: Option<&[u8]>,
-        size: u64,
-        digest: Option<Vec<u8>>,
-    ) -> Result<()> {
+    /// backup being updated has it, untouched, as `previous` (that backup's record of the
+    /// same domain and path) describes it: its `EncryptionKey` (kept as is; required exactly
+    /// when the backup is encrypted, and checked as by
+    /// [`add_existing_blob_wrapped`](Self::add_existing_blob_wrapped), so the writer must
+    /// use the same keybag), `Size`, `Digest` and `InodeNumber`. `rec` gives the metadata;
+    /// when it matches too, the row's stored bytes are kept without re-encoding.
+    pub fn keep_blob(&self, rec: NewRecord, previous: &Record) -> Result<()> {
         let bad = |reason: &str| Error::BadRecord {
             domain: rec.domain.clone(),
             relative_path: rec.relative_path.clone(),
@@ -809,17 +822,27 @@ impl BackupWriter {
         if self.previous_blobs.is_none() {
             return Err(bad("keep_blob needs a writer made by BackupWriter::update"));
         }
+        let Some(old) = previous
+            .file
+            .as_ref()
+            .filter(|_| previous.problem.is_none())
+        else {
+            return Err(bad("the previous record is not usable"));
+        };
+        if previous.domain != rec.domain
+            || previous.relative_path != rec.relative_path
+            || previous.kind() != crate::RecordKind::File
+        {
+            return Err(bad("the previous record is another file"));
+        }
         layout::check_domain(&rec.domain).map_err(|r| bad(&r))?;
         layout::check_relative_path(&rec.relative_path).map_err(|r| bad(&r))?;
-        let blob = layout::blob_path(
-            &self.out_dir,
-            &layout::file_id(&rec.domain, &rec.relative_path),
-        )
-        .expect("a computed fileID is valid");
+        let blob = layout::blob_path(&self.out_dir, &previous.file_id)
+            .ok_or_else(|| bad("the previous record's fileID is not 40 hex digits"))?;
         if !fs::symlink_metadata(&blob).is_ok_and(|m| m.is_file()) {
             return Err(bad("the blob to keep is not in the backup"));
         }
-        let file_key = match (&self.unlocked, wrapped_key) {
+        let file_key = match (&self.unlocked, old.encryption_key.as_deref()) {
             (None, None) => ExistingKey::None,
             (Some(unlocked), Some(w)) => {
                 self.check_wrapped(&rec, unlocked, w)?;
@@ -836,9 +859,10 @@ impl BackupWriter {
             Some(Existing {
                 blob: &blob,
                 file_key,
-                size,
-                digest,
+                size: old.size,
+                digest: old.digest.clone(),
                 in_place: true,
+                kept_row: Some((old, &previous.raw)),
             }),
         )
     }
@@ -900,6 +924,13 @@ impl BackupWriter {
         }
 
         let perm = mode & 0o7777;
+        // A row kept by an in-place update keeps its inode number (and, when nothing else
+        // changed either, its encoded bytes).
+        let kept_row = existing.as_ref().and_then(|ex| ex.kept_row);
+        let inode = match kept_row {
+            Some((old, _)) => old.inode,
+            None => self.next_inode.fetch_add(1, Ordering::Relaxed),
+        };
         let mut file = MbFile {
             relative_path: relative_path.clone(),
             target: None,
@@ -907,7 +938,7 @@ impl BackupWriter {
             encryption_key: None,
             extended_attributes,
             mode: 0,
-            inode: self.next_inode.fetch_add(1, Ordering::Relaxed),
+            inode,
             uid,
             gid,
             mtime,
@@ -962,6 +993,9 @@ impl BackupWriter {
             Some(Row {
                 domain,
                 flags,
+                encoded: kept_row
+                    .filter(|(old, _)| **old == file)
+                    .map(|(_, raw)| raw.to_vec()),
                 file,
             }),
         );
@@ -1326,6 +1360,7 @@ impl BackupWriter {
                     domain,
                     flags: layout::FLAG_DIR,
                     file,
+                    encoded: None,
                 },
             );
         }
@@ -1466,7 +1501,10 @@ fn build_manifest_db(
             domain: domain.clone(),
             relative_path: path.clone(),
             flags: row.flags,
-            file: mbfile::encode(&row.file),
+            file: row
+                .encoded
+                .clone()
+                .unwrap_or_else(|| mbfile::encode(&row.file)),
         })
         .collect();
     manifestdb::build(&rows)
@@ -2649,32 +2687,33 @@ mod tests {
         };
         let blob = |n: &str| layout::blob_path(&out, &ids(&[n])[0]).unwrap();
         let x_inode = fs::metadata(blob("x")).unwrap().ino();
-        let x_wrapped = {
-            let mut b = crate::Backup::open(&out).unwrap();
+        let records = |out: &Path| -> Vec<Record> {
+            let mut b = crate::Backup::open(out).unwrap();
             b.unlock_with_passkey(&pk, None).unwrap();
-            let cat = b.catalog().unwrap();
-            let r = cat
-                .records
-                .iter()
-                .find(|r| r.relative_path == "Library/x")
-                .unwrap();
-            r.file.as_ref().unwrap().encryption_key.clone().unwrap()
+            b.catalog().unwrap().records
         };
+        let prev = records(&out);
+        let x_rec = prev
+            .iter()
+            .find(|r| r.relative_path == "Library/x")
+            .unwrap()
+            .clone();
         // x kept, y changed, z gone, w new.
         let stage = || {
-            let w = BackupWriter::update(&out, existing(), ids(&["x", "y", "z"])).unwrap();
-            let keep = file("HomeDomain", "Library/x", Vec::new(), 3);
+            let w = BackupWriter::update(&out, existing(), &prev).unwrap();
+            let keep = || file("HomeDomain", "Library/x", Vec::new(), 3);
+            let mut keyless = x_rec.clone();
+            keyless.file.as_mut().unwrap().encryption_key = None;
             assert!(
-                w.keep_blob(
-                    file("HomeDomain", "Library/x", Vec::new(), 3),
-                    None,
-                    7,
-                    None
-                )
-                .is_err(),
+                w.keep_blob(keep(), &keyless).is_err(),
                 "an encrypted backup needs the wrapped key"
             );
-            w.keep_blob(keep, Some(&x_wrapped), 7, None).unwrap();
+            assert!(
+                w.keep_blob(file("HomeDomain", "Library/y", Vec::new(), 3), &x_rec)
+                    .is_err(),
+                "the previous record must be the same file"
+            );
+            w.keep_blob(keep(), &x_rec).unwrap();
             w.add(file("HomeDomain", "Library/y", b"new y".to_vec(), 3))
                 .unwrap();
             w.add(file("HomeDomain", "Library/w", b"new w".to_vec(), 3))
@@ -2718,8 +2757,15 @@ mod tests {
             "x untouched"
         );
         assert!(!staged.exists());
+        // The kept row is the stored one, byte for byte (not re-encoded).
+        let now = records(&out);
+        let x_now = now.iter().find(|r| r.relative_path == "Library/x").unwrap();
+        assert_eq!(x_now.raw, x_rec.raw);
+        let inodes: std::collections::BTreeSet<u64> =
+            now.iter().map(|r| r.file.as_ref().unwrap().inode).collect();
+        assert_eq!(inodes.len(), now.len(), "inode numbers stay unique");
         // The normal path: finish commits and applies at once.
-        let w = BackupWriter::update(&out, existing(), ids(&["w", "x", "y"])).unwrap();
+        let w = BackupWriter::update(&out, existing(), &now).unwrap();
         w.add(file("HomeDomain", "Library/x", b"x again".to_vec(), 3))
             .unwrap();
         assert_eq!(w.finish().unwrap(), out);
@@ -2731,21 +2777,15 @@ mod tests {
         // keep_blob needs an update writer, and the blob in place.
         let w = BackupWriter::create(&tmp.path().join("c"), existing()).unwrap();
         assert!(w
-            .keep_blob(
-                file("HomeDomain", "Library/x", Vec::new(), 3),
-                Some(&x_wrapped),
-                7,
-                None
-            )
+            .keep_blob(file("HomeDomain", "Library/x", Vec::new(), 3), &x_rec)
             .is_err());
-        let w = BackupWriter::update(&out, existing(), Vec::new()).unwrap();
+        let now = records(&out);
+        let w = BackupWriter::update(&out, existing(), &now).unwrap();
+        let mut q = x_rec.clone();
+        q.relative_path = "Library/q".into();
+        q.file_id = layout::file_id("HomeDomain", "Library/q");
         assert!(w
-            .keep_blob(
-                file("HomeDomain", "Library/q", Vec::new(), 3),
-                Some(&x_wrapped),
-                7,
-                None
-            )
+            .keep_blob(file("HomeDomain", "Library/q", Vec::new(), 3), &q)
             .is_err());
         drop(w);
         assert!(
