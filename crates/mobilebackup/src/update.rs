@@ -17,6 +17,11 @@
 //!    update folder deleted. Every step can be repeated, so a crash anywhere in step 3 is
 //!    finished by the next [`recover`], which `keybag device backup` runs first.
 //!
+//! This protects against interruption (a killed process, an error, a full disk). Against
+//! power loss only the order is guaranteed: the marker is synced before any old file is
+//! replaced, but the staged files themselves are not synced one by one (as a fresh backup's
+//! blobs are not), so their contents after a power failure are up to the file system.
+//!
 //! While a committed update is unfinished the folder mixes old and new files, so
 //! [`Backup::open`](crate::Backup::open) refuses it with a clear error instead of reading
 //! it.
