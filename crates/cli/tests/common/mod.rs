@@ -1,8 +1,10 @@
 #![allow(dead_code)]
-//! Shared helpers for the `keybag` binary's integration tests: the fixtures, copies of
-//! them, and running the built binary. Each test file does `mod common;` and uses what
-//! it needs.
+//! Shared helpers for the `keybag` binary's integration tests: the fixtures, running the
+//! built binary, copying and hashing trees, and the third-party Python readers
+//! (iphone_backup_decrypt, mvt) whose interpreters come from KEYBAG_PY_IBD / KEYBAG_PY_MVT.
+//! Each test file does `mod common;` and uses what it needs.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -94,6 +96,40 @@ pub fn fixture_copy(src: &Path) -> (tempfile::TempDir, PathBuf) {
 /// The sha256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// sha256 of every regular file under `root` (symlinks skipped), keyed by its path
+/// relative to `root`.
+pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                walk(root, &e.path(), out);
+            } else if t.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, sha256_hex(&std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A JSON object of strings as a map (e.g. a reader's `files`: path → sha256).
+pub fn as_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
 }
 
 /// `s` as an `&OsStr`, to mix strings and paths in one argument list.
@@ -221,4 +257,54 @@ where
     S: AsRef<OsStr>,
 {
     keybag_env(args, &[])
+}
+
+/// Runs keybag with KEYBAG_PASSWORD `password` (or not set) and no terminal on stdin;
+/// the raw output, for tests that check the status themselves.
+pub fn keybag_output(args: &[&OsStr], password: Option<&str>) -> Output {
+    Keybag::new(args).password(password).output()
+}
+
+// ---------------------------------------------------------------- third-party readers
+
+/// The Python interpreter named by `var` (KEYBAG_PY_IBD or KEYBAG_PY_MVT, printed by
+/// scripts/pyenv.sh). Unset or missing, the test fails with instructions: never skips.
+pub fn python(var: &str) -> PathBuf {
+    let p = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests through scripts/test.sh, which installs the third-party readers")
+    });
+    let p = PathBuf::from(p);
+    assert!(p.is_file(), "{var}={} does not exist", p.display());
+    p
+}
+
+/// `PYTHON tests/py/SCRIPT` with the interpreter from `var` ([`python`]), for the
+/// caller to add arguments and environment.
+pub fn py_command(var: &str, script: &str) -> Command {
+    let mut cmd = Command::new(python(var));
+    cmd.arg(repo().join("tests/py").join(script));
+    cmd
+}
+
+/// Runs `tests/py/SCRIPT ARGS…` with KEYBAG_TEST_PASSWORD `password` (or not set).
+pub fn run_py(var: &str, script: &str, args: &[&Path], password: Option<&str>) -> Output {
+    let mut cmd = py_command(var, script);
+    cmd.args(args);
+    match password {
+        Some(pw) => cmd.env("KEYBAG_TEST_PASSWORD", pw),
+        None => cmd.env_remove("KEYBAG_TEST_PASSWORD"),
+    };
+    cmd.output().expect("python runs")
+}
+
+/// Asserts that `out` (of `what`) succeeded and returns its stdout as JSON.
+pub fn json_ok(out: &Output, what: &str) -> Value {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: bad JSON ({e})"))
 }
