@@ -5,10 +5,15 @@
 //! Secrets never go in argv: passwords through KEYBAG_PASSWORD / KEYBAG_TEST_PASSWORD;
 //! only the derived key and the device key, which are flags by design, are arguments.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
+use common::{
+    enc, expected, json_ok, py_command, repo, Keybag, Out, DEVICE_KEY, PASSKEY,
+    PASSWORD as FIXTURE_PASSWORD,
+};
 use dataprotection::{DeviceKey, ProtectionClass};
 use mobilebackup::keychain::der::{DerDate, DerValue};
 use mobilebackup::keychain::writer::{self as kcw, NewKeychainItem};
@@ -16,83 +21,25 @@ use mobilebackup::writer::{BackupWriter, Content, Encryption, NewRecord, WriterO
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-const FIXTURE_PASSWORD: &str = "correct horse battery staple";
-const PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
-const DEVICE_KEY: &str = "793b52fd8ca0b58f37cfdde966237ceb";
 const PASSWORD: &str = "keychain writer test";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture() -> PathBuf {
-    repo().join("testdata/enc-small-public")
-}
-
 fn expected_items() -> Vec<Value> {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/enc-small-public.expected.json")).unwrap(),
-    )
-    .unwrap();
-    v["keychain"]["items"].as_array().unwrap().clone()
+    expected()["keychain"]["items"].as_array().unwrap().clone()
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-fn keybag(args: &[&str], password: Option<&str>) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args)
-        .env_remove("KEYBAG_PASSWORD")
-        .stdin(Stdio::null());
-    if let Some(pw) = password {
-        cmd.env("KEYBAG_PASSWORD", pw);
-    }
-    let out = cmd.output().unwrap();
-    let o = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !o.stderr.contains("panicked") && !o.stderr.contains("internal error"),
-        "keybag panicked: {}",
-        o.stderr
-    );
-    o
+fn keybag(args: &[&str], password: Option<&str>) -> Out<String> {
+    Keybag::new(args).password(password).run().into_text()
 }
 
 fn kc_decode(backup: &Path, password: &str, device_key: Option<&str>) -> Value {
-    let var = "KEYBAG_PY_IBD";
-    let py = std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run the tests through scripts/test.sh, which installs the third-party readers")
-    });
-    let mut cmd = Command::new(py);
-    cmd.arg(repo().join("tests/py/kc_decode.py"))
-        .arg(backup)
+    let mut cmd = py_command("KEYBAG_PY_IBD", "kc_decode.py");
+    cmd.arg(backup)
         .env("KEYBAG_TEST_PASSWORD", password)
         .env_remove("KEYBAG_TEST_DEVICE_KEY");
     if let Some(dk) = device_key {
         cmd.env("KEYBAG_TEST_DEVICE_KEY", dk);
     }
-    let out: Output = cmd.output().expect("python runs");
-    assert!(
-        out.status.success(),
-        "kc_decode.py failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_ok(&cmd.output().expect("python runs"), "kc_decode.py")
 }
 
 fn fixture_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -123,7 +70,7 @@ fn by_ref(items: &Value) -> BTreeMap<String, Value> {
 
 #[test]
 fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
-    let dir = fixture();
+    let dir = enc();
     let mut args = fixture_args(&["--json"]);
     args.insert(1, dir.to_str().unwrap());
     let out = keybag(&args, None);
@@ -183,7 +130,7 @@ fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
 
 #[test]
 fn fixture_show_secrets_and_device_key() {
-    let dir = fixture();
+    let dir = enc();
     let mut args = fixture_args(&["--json", "--show-secrets"]);
     args.insert(1, dir.to_str().unwrap());
     let v = keybag(&args, None).json();
@@ -246,7 +193,7 @@ fn fixture_show_secrets_and_device_key() {
 
 #[test]
 fn fixture_wrong_device_key_exits_5() {
-    let dir = fixture();
+    let dir = enc();
     let mut args = fixture_args(&["--device-key", "00112233445566778899aabbccddeeff"]);
     args.insert(1, dir.to_str().unwrap());
     let out = keybag(&args, None);
@@ -256,7 +203,7 @@ fn fixture_wrong_device_key_exits_5() {
 
 #[test]
 fn csv_needs_show_secrets_and_warns() {
-    let dir = fixture();
+    let dir = enc();
     let mut args = fixture_args(&["--format", "csv"]);
     args.insert(1, dir.to_str().unwrap());
     let out = keybag(&args, None);
@@ -303,7 +250,7 @@ fn csv_needs_show_secrets_and_warns() {
 
 #[test]
 fn independent_decoder_reads_the_fixture_like_the_ground_truth() {
-    let got = kc_decode(&fixture(), FIXTURE_PASSWORD, Some(DEVICE_KEY));
+    let got = kc_decode(&enc(), FIXTURE_PASSWORD, Some(DEVICE_KEY));
     assert_eq!(got["keybag_uuid"], "75ce1f86-b7cf-43e6-82ca-5867ce25a9ca");
     let items = by_ref(&got["items"]);
     assert_eq!(items.len(), 6);
@@ -317,7 +264,7 @@ fn independent_decoder_reads_the_fixture_like_the_ground_truth() {
         assert_eq!(it["attributes"]["acct"], w["acct"]);
     }
     // And keybag agrees with it attribute for attribute.
-    let dir = fixture();
+    let dir = enc();
     let mut args = fixture_args(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
     args.insert(1, dir.to_str().unwrap());
     compare_with_decoder(&keybag(&args, None).json(), &got);

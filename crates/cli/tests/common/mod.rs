@@ -210,11 +210,19 @@ pub fn assert_no_panic(stderr: &str) {
     assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
 }
 
-/// A finished keybag run: exit code, stdout and stderr.
-pub struct Out {
+/// A finished keybag run: exit code, stdout (bytes, or text after [`Out::into_text`])
+/// and stderr.
+pub struct Out<S = Vec<u8>> {
     pub code: i32,
-    pub stdout: Vec<u8>,
+    pub stdout: S,
     pub stderr: String,
+}
+
+impl<S> Out<S> {
+    /// stderr, line by line.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().collect()
+    }
 }
 
 impl Out {
@@ -234,9 +242,21 @@ impl Out {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.text()))
     }
 
-    /// stderr, line by line.
-    pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().collect()
+    /// The same run with stdout decoded now (fails the test if it is not UTF-8).
+    pub fn into_text(self) -> Out<String> {
+        Out {
+            code: self.code,
+            stdout: String::from_utf8(self.stdout).expect("stdout is UTF-8"),
+            stderr: self.stderr,
+        }
+    }
+}
+
+impl Out<String> {
+    /// stdout as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
     }
 }
 
