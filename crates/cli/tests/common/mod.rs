@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -140,9 +141,10 @@ pub fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
 // ---------------------------------------------------------------- running keybag
 
 /// One run of the built `keybag` binary. It sees the test's environment except what
-/// is removed or set here, and an empty stdin (null).
+/// is removed or set here, and an empty stdin (null) unless [`Keybag::stdin`] gives one.
 pub struct Keybag {
     cmd: Command,
+    stdin: Option<Vec<u8>>,
 }
 
 impl Keybag {
@@ -154,7 +156,7 @@ impl Keybag {
     {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
         cmd.args(args);
-        Keybag { cmd }
+        Keybag { cmd, stdin: None }
     }
 
     /// Removes `var` from keybag's environment.
@@ -181,9 +183,30 @@ impl Keybag {
         }
     }
 
+    /// stdin is a pipe: `data` is written to it, then it is closed.
+    pub fn stdin(mut self, data: &[u8]) -> Self {
+        self.stdin = Some(data.to_vec());
+        self
+    }
+
     /// Runs keybag to the end: its status, stdout and stderr, unchecked.
     pub fn output(mut self) -> Output {
-        self.cmd.stdin(Stdio::null()).output().expect("run keybag")
+        let Some(data) = self.stdin else {
+            return self.cmd.stdin(Stdio::null()).output().expect("run keybag");
+        };
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run keybag");
+        {
+            let mut pipe = child.stdin.take().unwrap();
+            // The command may exit before reading (e.g. a refused path).
+            let _ = pipe.write_all(&data);
+        }
+        child.wait_with_output().expect("run keybag")
     }
 
     /// Runs keybag; fails the test if it was killed by a signal or its stderr shows a
