@@ -257,26 +257,20 @@ fn mvt_info_json_counts() {
     assert_eq!(j["device"]["product_type"], "iPhone9,3");
     assert_eq!(j["device"]["product_version"], "14.3");
     assert_eq!(j["backup_date_source"], "Info.plist");
-    let by_class_files: u64 = j["by_class"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["files"].as_u64().unwrap())
-        .sum();
+    // The sum of `field` over the entries of the list `list`.
+    let sum = |list: &str, field: &str| -> u64 {
+        j[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[field].as_u64().unwrap())
+            .sum()
+    };
+    let by_class_files = sum("by_class", "files");
     assert_eq!(by_class_files, 1089);
-    let by_domain: u64 = j["by_domain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["records"].as_u64().unwrap())
-        .sum();
+    let by_domain = sum("by_domain", "records");
     assert_eq!(by_domain, 3721);
-    let total: u64 = j["by_domain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["bytes"].as_u64().unwrap())
-        .sum();
+    let total = sum("by_domain", "bytes");
     assert_eq!(j["total_bytes"].as_u64().unwrap(), total);
 
     let text = keybag([os("info"), mvt().as_os_str()]);
