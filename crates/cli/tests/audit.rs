@@ -85,6 +85,15 @@ fn problems_of(report: &Value, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// The entries of a report list (`never_backed_up`, `encrypted_only`) by their `id`.
+fn by_id(list: &Value) -> BTreeMap<&str, &Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect()
+}
+
 // ---------------------------------------------------------------- the encrypted fixture
 
 #[test]
@@ -242,12 +251,7 @@ fn fixture_json_facts_with_the_device_key() {
     assert_eq!(got_domains, domains);
 
     // Never backed up: the akpu check is a real check here.
-    let never: BTreeMap<&str, &Value> = r["never_backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let never = by_id(&r["never_backed_up"]);
     assert_eq!(never["akpu-keychain-items"]["verdict"], "absent");
     assert_eq!(never["app-caches"]["verdict"], "absent");
     assert_eq!(never["app-tmp"]["verdict"], "absent");
@@ -255,12 +259,7 @@ fn fixture_json_facts_with_the_device_key() {
     assert_eq!(never["excluded-files"]["verdict"], "unverifiable");
 
     // Encrypted-only content of this small fixture.
-    let only: BTreeMap<&str, &Value> = r["encrypted_only"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let only = by_id(&r["encrypted_only"]);
     assert_eq!(only["saved-passwords"]["present"], true);
     assert_eq!(only["health"]["present"], false);
     assert_eq!(only["call-history"]["present"], false);
@@ -565,22 +564,12 @@ fn mvt_audit_reports_missing_blobs_keychain_unavailable_and_plaintext() {
         .contains("no keychain item will come back"));
 
     // The encrypted-only data is present in this (decrypted) copy, and said to be.
-    let only: BTreeMap<&str, &Value> = r["encrypted_only"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let only = by_id(&r["encrypted_only"]);
     assert_eq!(only["health"]["present"], true);
     assert_eq!(only["call-history"]["present"], true);
     assert_eq!(only["safari-history"]["present"], true);
     assert!(only["saved-passwords"]["present"].is_null());
-    let never: BTreeMap<&str, &Value> = r["never_backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let never = by_id(&r["never_backed_up"]);
     assert_eq!(never["app-caches"]["verdict"], "absent");
     assert_eq!(never["app-tmp"]["verdict"], "absent");
 
