@@ -42,10 +42,13 @@ fn kc_decode(backup: &Path, password: &str, device_key: Option<&str>) -> Value {
     json_ok(&cmd.output().expect("python runs"), "kc_decode.py")
 }
 
-fn fixture_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["keychain", "--derived-key", PASSKEY];
-    v.extend_from_slice(extra);
-    v
+/// `keybag keychain FIXTURE --derived-key PASSKEY EXTRA…` on the encrypted fixture,
+/// with no KEYBAG_PASSWORD.
+fn fixture_keychain(extra: &[&str]) -> Out<String> {
+    let dir = enc();
+    let mut args = vec!["keychain", dir.to_str().unwrap(), "--derived-key", PASSKEY];
+    args.extend_from_slice(extra);
+    keybag(&args, None)
 }
 
 fn by_ref(items: &Value) -> BTreeMap<String, Value> {
@@ -70,10 +73,7 @@ fn by_ref(items: &Value) -> BTreeMap<String, Value> {
 
 #[test]
 fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
-    let dir = enc();
-    let mut args = fixture_args(&["--json"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
     assert_eq!(v["present"], true);
@@ -109,9 +109,7 @@ fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
         );
     }
     // The text table: same items, sealed ones with the reason, no secrets.
-    let mut args = fixture_args(&[]);
-    args.insert(1, dir.to_str().unwrap());
-    let text = keybag(&args, None);
+    let text = fixture_keychain(&[]);
     assert_eq!(text.code, 0);
     assert!(text
         .stdout
@@ -130,10 +128,7 @@ fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
 
 #[test]
 fn fixture_show_secrets_and_device_key() {
-    let dir = enc();
-    let mut args = fixture_args(&["--json", "--show-secrets"]);
-    args.insert(1, dir.to_str().unwrap());
-    let v = keybag(&args, None).json();
+    let v = fixture_keychain(&["--json", "--show-secrets"]).json();
     let got = by_ref(&v["items"]);
     for w in expected_items() {
         let it = &got[w["persistent_ref_hex"].as_str().unwrap()];
@@ -143,9 +138,7 @@ fn fixture_show_secrets_and_device_key() {
             assert_eq!(it["secret_hex"], w["secret_hex"]);
         }
     }
-    let mut args = fixture_args(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
     assert_eq!(v["counts"]["open"], 6);
@@ -193,33 +186,25 @@ fn fixture_show_secrets_and_device_key() {
 
 #[test]
 fn fixture_wrong_device_key_exits_5() {
-    let dir = enc();
-    let mut args = fixture_args(&["--device-key", "00112233445566778899aabbccddeeff"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--device-key", "00112233445566778899aabbccddeeff"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(out.stderr.contains("device key"), "{}", out.stderr);
 }
 
 #[test]
 fn csv_needs_show_secrets_and_warns() {
-    let dir = enc();
-    let mut args = fixture_args(&["--format", "csv"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--format", "csv"]);
     assert_eq!(out.code, 2);
     assert!(out.stdout.is_empty());
     assert!(out.stderr.contains("--show-secrets"), "{}", out.stderr);
 
-    let mut args = fixture_args(&[
+    let out = fixture_keychain(&[
         "--format",
         "csv",
         "--show-secrets",
         "--device-key",
         DEVICE_KEY,
     ]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("plaintext"), "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -236,16 +221,15 @@ fn csv_needs_show_secrets_and_warns() {
     ));
 
     // Without the device key the sealed items are left out, and said so.
-    let mut args = fixture_args(&["--format", "csv", "--show-secrets"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--format", "csv", "--show-secrets"]);
     assert_eq!(out.stdout.lines().count(), 4);
     assert!(out.stderr.contains("3 items sealed"), "{}", out.stderr);
 
     // --format and --json do not mix.
-    let mut args = fixture_args(&["--format", "csv", "--show-secrets", "--json"]);
-    args.insert(1, dir.to_str().unwrap());
-    assert_eq!(keybag(&args, None).code, 2);
+    assert_eq!(
+        fixture_keychain(&["--format", "csv", "--show-secrets", "--json"]).code,
+        2
+    );
 }
 
 #[test]
@@ -264,10 +248,10 @@ fn independent_decoder_reads_the_fixture_like_the_ground_truth() {
         assert_eq!(it["attributes"]["acct"], w["acct"]);
     }
     // And keybag agrees with it attribute for attribute.
-    let dir = enc();
-    let mut args = fixture_args(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
-    args.insert(1, dir.to_str().unwrap());
-    compare_with_decoder(&keybag(&args, None).json(), &got);
+    compare_with_decoder(
+        &fixture_keychain(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]).json(),
+        &got,
+    );
 }
 
 /// keybag's `--json --show-secrets` items equal the independent decoder's, attribute by
