@@ -4,38 +4,21 @@
 //! Secrets never go in argv: the password comes from `KEYBAG_PASSWORD`; most
 //! runs use the fixture's published derived key and device key (allowed as hex).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::{
+    blob_of, enc, expected, fixture_copy, keybag, keybag_env, mvt, Out, DEVICE_KEY, PASSKEY,
+    PASSWORD,
+};
 use mobilebackup::mbfile::{self, MbFile};
 use serde_json::Value;
 
-const PASSWORD: &str = "correct horse battery staple";
-const PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
-const DEVICE_KEY: &str = "793b52fd8ca0b58f37cfdde966237ceb";
-
 // ---------------------------------------------------------------- helpers
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-fn enc() -> PathBuf {
-    testdata("enc-small-public")
-}
-
-fn mvt() -> PathBuf {
-    testdata("mvt-ios-backup")
-}
-
-fn expected() -> Value {
-    serde_json::from_slice(&std::fs::read(testdata("enc-small-public.expected.json")).unwrap())
-        .unwrap()
-}
 
 /// The `target/` folder of this build (beside `target/debug/keybag`).
 fn target_dir() -> PathBuf {
@@ -44,79 +27,6 @@ fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf()
-}
-
-struct Out {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.text()))
-    }
-}
-
-fn keybag_env<I, S>(args: I, env: &[(&str, &str)]) -> Out
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args)
-        .env_remove("KEYBAG_PASSWORD")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run keybag");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "keybag panicked: {stderr}"
-    );
-    Out {
-        code: out.status.code().expect("exited normally"),
-        stdout: out.stdout,
-        stderr,
-    }
-}
-
-fn keybag<I, S>(args: I) -> Out
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    keybag_env(args, &[])
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
-fn fixture_copy(src: &Path) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("backup");
-    copy_dir(src, &dest);
-    (dir, dest)
-}
-
-fn blob_of(backup: &Path, file_id: &str) -> PathBuf {
-    backup.join(&file_id[..2]).join(file_id)
 }
 
 fn record<'a>(exp: &'a Value, domain: &str, rel: &str) -> &'a Value {
@@ -172,6 +82,15 @@ fn problems_of(report: &Value, kind: &str) -> Vec<String> {
         .iter()
         .filter(|p| p["kind"] == kind)
         .map(|p| p["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The entries of a report list (`never_backed_up`, `encrypted_only`) by their `id`.
+fn by_id(list: &Value) -> BTreeMap<&str, &Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
         .collect()
 }
 
@@ -332,12 +251,7 @@ fn fixture_json_facts_with_the_device_key() {
     assert_eq!(got_domains, domains);
 
     // Never backed up: the akpu check is a real check here.
-    let never: BTreeMap<&str, &Value> = r["never_backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let never = by_id(&r["never_backed_up"]);
     assert_eq!(never["akpu-keychain-items"]["verdict"], "absent");
     assert_eq!(never["app-caches"]["verdict"], "absent");
     assert_eq!(never["app-tmp"]["verdict"], "absent");
@@ -345,12 +259,7 @@ fn fixture_json_facts_with_the_device_key() {
     assert_eq!(never["excluded-files"]["verdict"], "unverifiable");
 
     // Encrypted-only content of this small fixture.
-    let only: BTreeMap<&str, &Value> = r["encrypted_only"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let only = by_id(&r["encrypted_only"]);
     assert_eq!(only["saved-passwords"]["present"], true);
     assert_eq!(only["health"]["present"], false);
     assert_eq!(only["call-history"]["present"], false);
@@ -655,22 +564,12 @@ fn mvt_audit_reports_missing_blobs_keychain_unavailable_and_plaintext() {
         .contains("no keychain item will come back"));
 
     // The encrypted-only data is present in this (decrypted) copy, and said to be.
-    let only: BTreeMap<&str, &Value> = r["encrypted_only"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let only = by_id(&r["encrypted_only"]);
     assert_eq!(only["health"]["present"], true);
     assert_eq!(only["call-history"]["present"], true);
     assert_eq!(only["safari-history"]["present"], true);
     assert!(only["saved-passwords"]["present"].is_null());
-    let never: BTreeMap<&str, &Value> = r["never_backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let never = by_id(&r["never_backed_up"]);
     assert_eq!(never["app-caches"]["verdict"], "absent");
     assert_eq!(never["app-tmp"]["verdict"], "absent");
 

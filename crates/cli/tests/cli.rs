@@ -3,97 +3,22 @@
 //! Secrets never go in argv: the password comes from `KEYBAG_PASSWORD` or
 //! `--password-file`; most tests use the fixture's published derived key.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    blob_of, enc, expected, expected_files, fixture_copy, keybag, keybag_env, mvt, os, sha256_hex,
+    PASSKEY, PASSWORD,
+};
 use mobilebackup::layout;
 use mobilebackup::mbfile::{self, MbFile};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-const PASSWORD: &str = "correct horse battery staple";
-const PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
 
 // ---------------------------------------------------------------- helpers
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-fn enc() -> PathBuf {
-    testdata("enc-small-public")
-}
-
-fn mvt() -> PathBuf {
-    testdata("mvt-ios-backup")
-}
-
-fn expected() -> Value {
-    serde_json::from_slice(&std::fs::read(testdata("enc-small-public.expected.json")).unwrap())
-        .unwrap()
-}
-
-struct Out {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
-    }
-    fn lines(&self) -> Vec<String> {
-        self.text().lines().map(str::to_owned).collect()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.text()))
-    }
-    fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().collect()
-    }
-}
-
-/// Runs keybag with a clean environment for secrets and no terminal on stdin.
-fn keybag_env<I, S>(args: I, env: &[(&str, &str)]) -> Out
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args)
-        .env_remove("KEYBAG_PASSWORD")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run keybag");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "keybag panicked: {stderr}"
-    );
-    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
-    Out {
-        code: out.status.code().expect("exited normally (no signal)"),
-        stdout: out.stdout,
-        stderr,
-    }
-}
-
-fn keybag<I, S>(args: I) -> Out
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    keybag_env(args, &[])
-}
 
 /// `args` followed by `--derived-key PASSKEY`.
 fn with_key(args: &[&OsStr]) -> Vec<std::ffi::OsString> {
@@ -101,35 +26,6 @@ fn with_key(args: &[&OsStr]) -> Vec<std::ffi::OsString> {
     v.push("--derived-key".into());
     v.push(PASSKEY.into());
     v
-}
-
-fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
-    s.as_ref()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
-/// A copy of a fixture in a fresh temp dir: (guard, backup path).
-fn fixture_copy(src: &Path) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("backup");
-    copy_dir(src, &dest);
-    (dir, dest)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn record_line(domain: &str, rel: &str) -> String {
@@ -156,28 +52,6 @@ fn expected_lines() -> Vec<String> {
         .collect();
     recs.sort();
     recs.iter().map(|(d, r)| record_line(d, r)).collect()
-}
-
-/// Regular files of the encrypted fixture: (domain, relativePath, fileID, sha256).
-fn expected_files() -> Vec<(String, String, String, String)> {
-    expected()["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["flags"] == 1)
-        .map(|r| {
-            (
-                r["domain"].as_str().unwrap().to_string(),
-                r["relativePath"].as_str().unwrap().to_string(),
-                r["fileID"].as_str().unwrap().to_string(),
-                r["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn blob_of(backup: &Path, file_id: &str) -> PathBuf {
-    backup.join(&file_id[..2]).join(file_id)
 }
 
 /// Every file, folder and link under `root`, relative.
@@ -383,26 +257,20 @@ fn mvt_info_json_counts() {
     assert_eq!(j["device"]["product_type"], "iPhone9,3");
     assert_eq!(j["device"]["product_version"], "14.3");
     assert_eq!(j["backup_date_source"], "Info.plist");
-    let by_class_files: u64 = j["by_class"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["files"].as_u64().unwrap())
-        .sum();
+    // The sum of `field` over the entries of the list `list`.
+    let sum = |list: &str, field: &str| -> u64 {
+        j[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[field].as_u64().unwrap())
+            .sum()
+    };
+    let by_class_files = sum("by_class", "files");
     assert_eq!(by_class_files, 1089);
-    let by_domain: u64 = j["by_domain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["records"].as_u64().unwrap())
-        .sum();
+    let by_domain = sum("by_domain", "records");
     assert_eq!(by_domain, 3721);
-    let total: u64 = j["by_domain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["bytes"].as_u64().unwrap())
-        .sum();
+    let total = sum("by_domain", "bytes");
     assert_eq!(j["total_bytes"].as_u64().unwrap(), total);
 
     let text = keybag([os("info"), mvt().as_os_str()]);

@@ -1,35 +1,26 @@
 //! `keybag device …`: the emulated iPhone from the command line. Passcodes and
 //! secrets go through files and environment variables, never argv.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::path::Path;
+use std::process::Output;
+
+use common::Keybag;
 use serde_json::Value;
 
 const PASSCODE: &str = "246810";
 
+/// Runs keybag without the passcode and secret variables of the test's environment,
+/// then `env`; stdin is a pipe fed `stdin` (if any), then closed.
 fn keybag(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args)
+    Keybag::new(args)
         .env_remove("KEYBAG_PASSCODE")
         .env_remove("KEYBAG_NEW_PASSCODE")
         .env_remove("KEYBAG_SECRET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut i = child.stdin.take().unwrap();
-        if let Some(data) = stdin {
-            // The command may exit before reading (e.g. a refused path).
-            let _ = i.write_all(data);
-        }
-    }
-    child.wait_with_output().unwrap()
+        .envs(env)
+        .stdin(stdin.unwrap_or_default())
+        .output()
 }
 
 fn ok(o: &Output) -> String {

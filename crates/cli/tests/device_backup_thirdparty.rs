@@ -5,11 +5,14 @@
 //! Also `keybag device restore` / `import` end to end, with their bad-input exit codes.
 //! Like thirdparty.rs, these fail (never skip) when the Python tools are missing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
+use common::{as_map, json_ok, keybag_output as keybag};
 use device::{DerValue, Device, InitOptions, LockState, ProtectionClass, PutOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -19,60 +22,14 @@ const PASSWORD: &str = "device backup pw ✓";
 const PASSCODE: &[u8] = b"246810";
 const APP: &str = "ch.threema.app";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python(var: &str) -> PathBuf {
-    let p = std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run the tests through scripts/test.sh, which installs the third-party readers")
-    });
-    let p = PathBuf::from(p);
-    assert!(p.is_file(), "{var}={} does not exist", p.display());
-    p
-}
-
+/// Runs `tests/py/SCRIPT ARGS…` with this file's PASSWORD; its JSON output.
 fn run_py(var: &str, script: &str, args: &[&Path]) -> Value {
-    let out = Command::new(python(var))
-        .arg(repo().join("tests/py").join(script))
-        .args(args)
-        .env("KEYBAG_TEST_PASSWORD", PASSWORD)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{script} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_ok(&common::run_py(var, script, args, Some(PASSWORD)), script)
 }
 
-fn keybag(args: &[&OsStr], password: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args).env_remove("KEYBAG_PASSWORD");
-    if let Some(pw) = password {
-        cmd.env("KEYBAG_PASSWORD", pw);
-    }
-    cmd.output().expect("keybag runs")
-}
-
+/// The JSON output of a successful keybag run.
 fn ok_json(o: &Output) -> Value {
-    assert!(
-        o.status.success(),
-        "keybag failed ({}): {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn as_map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect()
+    json_ok(o, "keybag")
 }
 
 fn init(dir: &Path) -> Device {

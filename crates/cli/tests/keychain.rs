@@ -5,10 +5,15 @@
 //! Secrets never go in argv: passwords through KEYBAG_PASSWORD / KEYBAG_TEST_PASSWORD;
 //! only the derived key and the device key, which are flags by design, are arguments.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
+use common::{
+    enc, expected, json_ok, py_command, repo, Keybag, Out, DEVICE_KEY, PASSKEY,
+    PASSWORD as FIXTURE_PASSWORD,
+};
 use dataprotection::{DeviceKey, ProtectionClass};
 use mobilebackup::keychain::der::{DerDate, DerValue};
 use mobilebackup::keychain::writer::{self as kcw, NewKeychainItem};
@@ -16,89 +21,34 @@ use mobilebackup::writer::{BackupWriter, Content, Encryption, NewRecord, WriterO
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-const FIXTURE_PASSWORD: &str = "correct horse battery staple";
-const PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
-const DEVICE_KEY: &str = "793b52fd8ca0b58f37cfdde966237ceb";
 const PASSWORD: &str = "keychain writer test";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture() -> PathBuf {
-    repo().join("testdata/enc-small-public")
-}
-
 fn expected_items() -> Vec<Value> {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/enc-small-public.expected.json")).unwrap(),
-    )
-    .unwrap();
-    v["keychain"]["items"].as_array().unwrap().clone()
+    expected()["keychain"]["items"].as_array().unwrap().clone()
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
-    }
-}
-
-fn keybag(args: &[&str], password: Option<&str>) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args)
-        .env_remove("KEYBAG_PASSWORD")
-        .stdin(Stdio::null());
-    if let Some(pw) = password {
-        cmd.env("KEYBAG_PASSWORD", pw);
-    }
-    let out = cmd.output().unwrap();
-    let o = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !o.stderr.contains("panicked") && !o.stderr.contains("internal error"),
-        "keybag panicked: {}",
-        o.stderr
-    );
-    o
+fn keybag(args: &[&str], password: Option<&str>) -> Out<String> {
+    Keybag::new(args).password(password).run().into_text()
 }
 
 fn kc_decode(backup: &Path, password: &str, device_key: Option<&str>) -> Value {
-    let var = "KEYBAG_PY_IBD";
-    let py = std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run the tests through scripts/test.sh, which installs the third-party readers")
-    });
-    let mut cmd = Command::new(py);
-    cmd.arg(repo().join("tests/py/kc_decode.py"))
-        .arg(backup)
+    let mut cmd = py_command("KEYBAG_PY_IBD", "kc_decode.py");
+    cmd.arg(backup)
         .env("KEYBAG_TEST_PASSWORD", password)
         .env_remove("KEYBAG_TEST_DEVICE_KEY");
     if let Some(dk) = device_key {
         cmd.env("KEYBAG_TEST_DEVICE_KEY", dk);
     }
-    let out: Output = cmd.output().expect("python runs");
-    assert!(
-        out.status.success(),
-        "kc_decode.py failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_ok(&cmd.output().expect("python runs"), "kc_decode.py")
 }
 
-fn fixture_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["keychain", "--derived-key", PASSKEY];
-    v.extend_from_slice(extra);
-    v
+/// `keybag keychain FIXTURE --derived-key PASSKEY EXTRA…` on the encrypted fixture,
+/// with no KEYBAG_PASSWORD.
+fn fixture_keychain(extra: &[&str]) -> Out<String> {
+    let dir = enc();
+    let mut args = vec!["keychain", dir.to_str().unwrap(), "--derived-key", PASSKEY];
+    args.extend_from_slice(extra);
+    keybag(&args, None)
 }
 
 fn by_ref(items: &Value) -> BTreeMap<String, Value> {
@@ -123,10 +73,7 @@ fn by_ref(items: &Value) -> BTreeMap<String, Value> {
 
 #[test]
 fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
-    let dir = fixture();
-    let mut args = fixture_args(&["--json"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
     assert_eq!(v["present"], true);
@@ -162,9 +109,7 @@ fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
         );
     }
     // The text table: same items, sealed ones with the reason, no secrets.
-    let mut args = fixture_args(&[]);
-    args.insert(1, dir.to_str().unwrap());
-    let text = keybag(&args, None);
+    let text = fixture_keychain(&[]);
     assert_eq!(text.code, 0);
     assert!(text
         .stdout
@@ -183,10 +128,7 @@ fn fixture_lists_every_item_with_class_and_mobility_secrets_hidden() {
 
 #[test]
 fn fixture_show_secrets_and_device_key() {
-    let dir = fixture();
-    let mut args = fixture_args(&["--json", "--show-secrets"]);
-    args.insert(1, dir.to_str().unwrap());
-    let v = keybag(&args, None).json();
+    let v = fixture_keychain(&["--json", "--show-secrets"]).json();
     let got = by_ref(&v["items"]);
     for w in expected_items() {
         let it = &got[w["persistent_ref_hex"].as_str().unwrap()];
@@ -196,9 +138,7 @@ fn fixture_show_secrets_and_device_key() {
             assert_eq!(it["secret_hex"], w["secret_hex"]);
         }
     }
-    let mut args = fixture_args(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v = out.json();
     assert_eq!(v["counts"]["open"], 6);
@@ -246,33 +186,25 @@ fn fixture_show_secrets_and_device_key() {
 
 #[test]
 fn fixture_wrong_device_key_exits_5() {
-    let dir = fixture();
-    let mut args = fixture_args(&["--device-key", "00112233445566778899aabbccddeeff"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--device-key", "00112233445566778899aabbccddeeff"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(out.stderr.contains("device key"), "{}", out.stderr);
 }
 
 #[test]
 fn csv_needs_show_secrets_and_warns() {
-    let dir = fixture();
-    let mut args = fixture_args(&["--format", "csv"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--format", "csv"]);
     assert_eq!(out.code, 2);
     assert!(out.stdout.is_empty());
     assert!(out.stderr.contains("--show-secrets"), "{}", out.stderr);
 
-    let mut args = fixture_args(&[
+    let out = fixture_keychain(&[
         "--format",
         "csv",
         "--show-secrets",
         "--device-key",
         DEVICE_KEY,
     ]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("plaintext"), "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -289,21 +221,20 @@ fn csv_needs_show_secrets_and_warns() {
     ));
 
     // Without the device key the sealed items are left out, and said so.
-    let mut args = fixture_args(&["--format", "csv", "--show-secrets"]);
-    args.insert(1, dir.to_str().unwrap());
-    let out = keybag(&args, None);
+    let out = fixture_keychain(&["--format", "csv", "--show-secrets"]);
     assert_eq!(out.stdout.lines().count(), 4);
     assert!(out.stderr.contains("3 items sealed"), "{}", out.stderr);
 
     // --format and --json do not mix.
-    let mut args = fixture_args(&["--format", "csv", "--show-secrets", "--json"]);
-    args.insert(1, dir.to_str().unwrap());
-    assert_eq!(keybag(&args, None).code, 2);
+    assert_eq!(
+        fixture_keychain(&["--format", "csv", "--show-secrets", "--json"]).code,
+        2
+    );
 }
 
 #[test]
 fn independent_decoder_reads_the_fixture_like_the_ground_truth() {
-    let got = kc_decode(&fixture(), FIXTURE_PASSWORD, Some(DEVICE_KEY));
+    let got = kc_decode(&enc(), FIXTURE_PASSWORD, Some(DEVICE_KEY));
     assert_eq!(got["keybag_uuid"], "75ce1f86-b7cf-43e6-82ca-5867ce25a9ca");
     let items = by_ref(&got["items"]);
     assert_eq!(items.len(), 6);
@@ -317,10 +248,10 @@ fn independent_decoder_reads_the_fixture_like_the_ground_truth() {
         assert_eq!(it["attributes"]["acct"], w["acct"]);
     }
     // And keybag agrees with it attribute for attribute.
-    let dir = fixture();
-    let mut args = fixture_args(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]);
-    args.insert(1, dir.to_str().unwrap());
-    compare_with_decoder(&keybag(&args, None).json(), &got);
+    compare_with_decoder(
+        &fixture_keychain(&["--json", "--show-secrets", "--device-key", DEVICE_KEY]).json(),
+        &got,
+    );
 }
 
 /// keybag's `--json --show-secrets` items equal the independent decoder's, attribute by

@@ -6,44 +6,22 @@
 //! KEYBAG_NEW_PASSWORD or files. Each successful change runs the real 10M-round
 //! KDF once for the new password; the old side uses --derived-key where it can.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use common::{
+    as_map, enc, fixture_copy, mvt, os, run_py, tree_hashes, Keybag, Out, PASSKEY as OLD_PASSKEY,
+    PASSWORD as OLD_PASSWORD,
+};
 use dataprotection::{KdfLimits, Passkey};
 use mobilebackup::passwd::{Hooks, PasswordChange, Step};
 use mobilebackup::{Credentials, Secret};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-const OLD_PASSWORD: &str = "correct horse battery staple";
-const OLD_PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
 const NEW_PASSWORD: &str = "n3w pässword, with spaces";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
-fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("backup");
-    copy_dir(&repo().join("testdata").join(name), &dest);
-    (dir, dest)
-}
 
 /// Every file under `root` (relative path → bytes).
 fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -65,51 +43,20 @@ fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// `domain/relativePath` → sha256 of the plaintext of every regular file (ground truth).
 fn expected_files() -> BTreeMap<String, String> {
-    let exp: Value = serde_json::from_slice(
-        &std::fs::read(repo().join("testdata/enc-small-public.expected.json")).unwrap(),
-    )
-    .unwrap();
-    exp["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["flags"] == 1)
-        .map(|r| {
-            (
-                format!(
-                    "{}/{}",
-                    r["domain"].as_str().unwrap(),
-                    r["relativePath"].as_str().unwrap()
-                ),
-                r["sha256"].as_str().unwrap().to_string(),
-            )
-        })
+    common::expected_files()
+        .into_iter()
+        .map(|(domain, rel, _, sha)| (format!("{domain}/{rel}"), sha))
         .collect()
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs keybag with no secrets inherited and no terminal on stdin.
-fn keybag(args: &[&OsStr], env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args)
-        .env_remove("KEYBAG_PASSWORD")
+fn keybag(args: &[&OsStr], env: &[(&str, &str)]) -> Out<String> {
+    let o = Keybag::new(args)
+        .password(None)
         .env_remove("KEYBAG_NEW_PASSWORD")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run keybag");
-    let o = Out {
-        code: out.status.code().expect("exited normally"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+        .envs(env)
+        .run()
+        .into_text();
     for pw in [OLD_PASSWORD, NEW_PASSWORD] {
         assert!(
             !o.stdout.contains(pw) && !o.stderr.contains(pw),
@@ -119,61 +66,26 @@ fn keybag(args: &[&OsStr], env: &[(&str, &str)]) -> Out {
     o
 }
 
-fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
-    s.as_ref()
-}
-
 /// iphone_backup_decrypt: (exit code, `domain/relativePath` → sha256 on success).
 fn ibd(dir: &Path, password: &str) -> (i32, BTreeMap<String, String>) {
-    let py = std::env::var_os("KEYBAG_PY_IBD").expect(
-        "KEYBAG_PY_IBD is not set: run the tests through scripts/test.sh, which installs iphone_backup_decrypt",
-    );
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(py)
-        .arg(repo().join("tests/py/ibd_extract.py"))
-        .arg(dir)
-        .arg(out_dir.path())
-        .env("KEYBAG_TEST_PASSWORD", password)
-        .output()
-        .expect("python runs");
+    let out = run_py(
+        "KEYBAG_PY_IBD",
+        "ibd_extract.py",
+        &[dir, out_dir.path()],
+        Some(password),
+    );
     let code = out.status.code().unwrap();
     if code != 0 {
         return (code, BTreeMap::new());
     }
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let files = v["files"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect();
-    (code, files)
-}
-
-/// `keybag extract` output: `domain/relativePath` → sha256 of every regular file
-/// (symlinks skipped).
-fn extracted(out: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                walk(root, &e.path(), out);
-            } else if t.is_file() {
-                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-                let bytes = std::fs::read(e.path()).unwrap();
-                out.insert(rel, hex::encode(Sha256::digest(&bytes)));
-            }
-        }
-    }
-    let mut files = BTreeMap::new();
-    walk(out, out, &mut files);
-    files
+    (code, as_map(&v["files"]))
 }
 
 #[test]
 fn passwd_then_keybag_and_iphone_backup_decrypt_open_only_with_the_new_password() {
-    let (tmp, dir) = fixture_copy("enc-small-public");
+    let (tmp, dir) = fixture_copy(&enc());
     let before = snapshot(&dir);
     let o = keybag(
         &[os("passwd"), dir.as_os_str()],
@@ -219,7 +131,7 @@ fn passwd_then_keybag_and_iphone_backup_decrypt_open_only_with_the_new_password(
         &[("KEYBAG_PASSWORD", NEW_PASSWORD)],
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let ours = extracted(&out);
+    let ours = tree_hashes(&out);
     assert_eq!(ours, expected_files());
     let o = keybag(
         &[os("verify"), dir.as_os_str()],
@@ -236,7 +148,7 @@ fn passwd_then_keybag_and_iphone_backup_decrypt_open_only_with_the_new_password(
 
 #[test]
 fn passwd_from_files_with_json_output() {
-    let (tmp, dir) = fixture_copy("enc-small-public");
+    let (tmp, dir) = fixture_copy(&enc());
     let new_file = tmp.path().join("new-password");
     std::fs::write(&new_file, format!("{NEW_PASSWORD}\r\nignored\n")).unwrap();
     let o = keybag(
@@ -276,7 +188,7 @@ fn passwd_from_files_with_json_output() {
 
 #[test]
 fn passwd_refusals_change_nothing() {
-    let (tmp, dir) = fixture_copy("enc-small-public");
+    let (tmp, dir) = fixture_copy(&enc());
     let before = snapshot(&dir);
     let d = dir.as_os_str();
     let with_old = |extra: &[&OsStr], env: &[(&str, &str)]| {
@@ -331,7 +243,7 @@ fn passwd_refusals_change_nothing() {
     assert_eq!(snapshot(&dir), before, "nothing written");
 
     // An unencrypted backup has no password to change.
-    let (_tmp2, plain) = fixture_copy("mvt-ios-backup");
+    let (_tmp2, plain) = fixture_copy(&mvt());
     let plain_before = snapshot(&plain);
     let o = keybag(
         &[os("passwd"), plain.as_os_str()],
@@ -375,7 +287,7 @@ fn passwd_after_an_interrupted_run() {
     };
 
     // Interrupted after the copy: the old password still works and a new run completes.
-    let (_t1, dir) = fixture_copy("enc-small-public");
+    let (_t1, dir) = fixture_copy(&enc());
     crash_after(&dir, Step::BackedUp);
     let o = keybag(
         &[
@@ -392,7 +304,7 @@ fn passwd_after_an_interrupted_run() {
 
     // Interrupted after the new Manifest.plist: refused with either key; following
     // the instructions (the new password works, so delete the .bak) recovers.
-    let (_t2, dir) = fixture_copy("enc-small-public");
+    let (_t2, dir) = fixture_copy(&enc());
     let new_pk = crash_after(&dir, Step::Written).to_hex();
     let before = snapshot(&dir);
     for key in [OLD_PASSKEY, new_pk.as_str()] {

@@ -2,95 +2,18 @@
 //! the venvs that scripts/test.sh builds (KEYBAG_PY_IBD, KEYBAG_PY_MVT). These tests
 //! fail, never skip, when the tools are missing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{
+    as_map, json_ok, keybag_output as keybag, repo, run_py, tree_hashes,
+    PASSKEY as FIXTURE_PASSKEY, PASSWORD as FIXTURE_PASSWORD,
+};
 use mobilebackup::writer::{BackupWriter, Content, Encryption, Kind, NewRecord, WriterOptions};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-const FIXTURE_PASSWORD: &str = "correct horse battery staple";
-const FIXTURE_PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python(var: &str) -> PathBuf {
-    let p = std::env::var_os(var).unwrap_or_else(|| {
-        panic!("{var} is not set: run the tests through scripts/test.sh, which installs the third-party readers")
-    });
-    let p = PathBuf::from(p);
-    assert!(p.is_file(), "{var}={} does not exist", p.display());
-    p
-}
-
-fn run_py(var: &str, script: &str, args: &[&Path], password: Option<&str>) -> Output {
-    let mut cmd = Command::new(python(var));
-    cmd.arg(repo().join("tests/py").join(script)).args(args);
-    match password {
-        Some(pw) => cmd.env("KEYBAG_TEST_PASSWORD", pw),
-        None => cmd.env_remove("KEYBAG_TEST_PASSWORD"),
-    };
-    cmd.output().expect("python runs")
-}
-
-fn json_ok(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: bad JSON ({e})"))
-}
-
-fn keybag(args: &[&OsStr], password: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keybag"));
-    cmd.args(args).env_remove("KEYBAG_PASSWORD");
-    if let Some(pw) = password {
-        cmd.env("KEYBAG_PASSWORD", pw);
-    }
-    cmd.output().expect("keybag runs")
-}
-
-/// sha256 of every regular file under `root`, keyed by its path relative to `root`.
-fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                walk(root, &e.path(), out);
-            } else if t.is_file() {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(
-                    rel,
-                    hex::encode(Sha256::digest(std::fs::read(e.path()).unwrap())),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn as_map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect()
-}
 
 #[test]
 fn fixture_keybag_and_iphone_backup_decrypt_extract_identical_bytes() {
