@@ -14,7 +14,9 @@ const PASSCODE: &str = "246810";
 /// Runs keybag without the passcode and secret variables of the test's environment,
 /// then `env`; stdin is a pipe fed `stdin` (if any), then closed.
 fn keybag(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    // Nothing secret comes from the developer's shell: each test passes what it means to.
     Keybag::new(args)
+        .env_remove("KEYBAG_PASSWORD")
         .env_remove("KEYBAG_PASSCODE")
         .env_remove("KEYBAG_NEW_PASSCODE")
         .env_remove("KEYBAG_SECRET")
