@@ -426,6 +426,10 @@ fn device_backup_keeps_the_backup_password_on_the_device() {
         text.contains("encrypted with the backup password held by the device"),
         "{text}"
     );
+    assert!(
+        text.contains("nothing changed since this device's last backup"),
+        "{text}"
+    );
     let again: Value = serde_json::from_str(&ok(&keybag(
         &["device", "backup", d, o, "--json"],
         &[],
@@ -435,6 +439,7 @@ fn device_backup_keeps_the_backup_password_on_the_device() {
     assert_eq!(again["encrypted"], true);
     assert_eq!(again["device_keybag"], true);
     assert_eq!(again["kdf_runs"], 0);
+    assert_eq!(again["unchanged"], true);
     // The backup still opens with the password set the first time.
     let listed = keybag(&["verify", o], &pw, None);
     assert!(

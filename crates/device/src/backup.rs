@@ -162,6 +162,81 @@ pub struct BackupReport {
     /// This backup set the device's backup password (first time, or a different one): the
     /// device now holds the new backup keybag.
     pub backup_password_set: bool,
+    /// Nothing changed since this device's last backup into this folder (no file, folder,
+    /// keychain item, lock state or identity), so the backup was kept as it is and only its
+    /// dates were refreshed.
+    pub unchanged: bool,
+}
+
+/// What the device remembers of its last backup (`backup-state.json` in its folder; no
+/// secrets: hashes and random change tokens), so that a backup of an unchanged device into
+/// the same folder can keep it as it is.
+#[derive(Serialize, serde::Deserialize, PartialEq, Eq)]
+struct LastBackup {
+    /// The backup folder, canonical.
+    out: PathBuf,
+    /// SHA-256 of its `Manifest.db`, `Manifest.plist`, `Info.plist` and `Status.plist` as
+    /// this device left them.
+    top_files: Vec<String>,
+    /// [`Device::change_token`] then.
+    changes: String,
+    /// Name, model, iOS version, UDID, passcode set, lock state then.
+    identity: String,
+    /// The keybag UUID of an encrypted backup (`None`: unencrypted).
+    keybag: Option<String>,
+}
+
+const LAST_BACKUP: &str = "backup-state.json";
+
+fn sha256_file(path: &Path) -> OpResult<String> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+fn identity(device: &Device) -> String {
+    let s = format!(
+        "{}\0{}\0{}\0{}\0{}\0{:?}",
+        device.name(),
+        device.model(),
+        device.ios_version(),
+        device.udid(),
+        device.passcode_set(),
+        device.state()
+    );
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The record of a backup just made into `out` under `keybag`.
+fn last_backup(device: &Device, out: &Path, keybag: Option<String>) -> OpResult<LastBackup> {
+    Ok(LastBackup {
+        out: fs::canonicalize(out).map_err(io_err(out))?,
+        top_files: mobilebackup::update::TOP_FILES
+            .iter()
+            .map(|f| sha256_file(&out.join(f)))
+            .collect::<OpResult<_>>()?,
+        changes: hex::encode(device.change_token()?),
+        identity: identity(device),
+        keybag,
+    })
+}
+
+fn store_last_backup(device: &Device, rec: &LastBackup) -> OpResult<()> {
+    let bytes = serde_json::to_vec_pretty(rec).expect("plain data");
+    write_atomic(&device.dir().join(LAST_BACKUP), &bytes, 0o600)?;
+    Ok(())
+}
+
+/// Whether `out` holds this device's last backup and nothing changed since: the same
+/// folder, its top-level files as the device left them, the same change
+/// token, identity, lock state and keybag. Any doubt (no record, unreadable files) is "no".
+fn unchanged_since_last(device: &Device, out: &Path, keybag: Option<String>) -> bool {
+    let Ok(bytes) = fs::read(device.dir().join(LAST_BACKUP)) else {
+        return false;
+    };
+    let Ok(recorded) = serde_json::from_slice::<LastBackup>(&bytes) else {
+        return false;
+    };
+    last_backup(device, out, keybag).is_ok_and(|now| now == recorded)
 }
 
 /// The key of the password layer of this device's unencrypted backups' keybags: derived from
@@ -480,6 +555,48 @@ fn backup_inner(
     if existing {
         // A crash during an earlier update of `out` is finished (or undone) first.
         mobilebackup::update::recover(out)?;
+        // Nothing changed since the last backup into `out` (and no password to check): keep
+        // it, refresh its dates. The report is computed as a full backup's would be.
+        // Some(keybag UUID or None for unencrypted) when the shortcut may apply: never with
+        // a password to check or set.
+        let keybag = match &plan {
+            Plan::Kept(k) => Some(k.keybag.uuid_string()),
+            Plan::Unencrypted => Some(None),
+            Plan::Check(..) | Plan::Fresh { .. } => None,
+        };
+        if let Some(keybag) = keybag {
+            if unchanged_since_last(device, out, keybag.clone()) {
+                let entries = device.entries_with_refs()?;
+                let flagged = flagged_dirs(&entries);
+                for (e, _) in &entries {
+                    match decide(device, e, &flagged) {
+                        Decision::Skip(skip) => report.skipped.push(skip),
+                        Decision::Take => match e.kind {
+                            EntryKind::File => {
+                                report.files += 1;
+                                report.bytes += e.size;
+                                report.reused += 1;
+                            }
+                            EntryKind::Directory => report.directories += 1,
+                            EntryKind::Symlink { .. } => report.symlinks += 1,
+                        },
+                    }
+                }
+                export_keychain(device, &mut report)?;
+                // A refresh that fails (it left nothing behind) falls back to a real backup.
+                if mobilebackup::update::refresh(out, SystemTime::now()).is_ok() {
+                    store_last_backup(device, &last_backup(device, out, keybag)?)?;
+                    report.unchanged = true;
+                    return Ok(report);
+                }
+                report = BackupReport {
+                    out: out.to_path_buf(),
+                    encrypted: report.encrypted,
+                    device_keybag: report.device_keybag,
+                    ..BackupReport::default()
+                };
+            }
+        }
     }
     let previous = if existing {
         open_previous(
@@ -568,17 +685,7 @@ fn backup_inner(
     // (its key unwrap: X25519 for class B) and copying or linking its blob run in the
     // workers, so nothing per-file is serial.
     let entries = device.entries_with_refs()?;
-    let mut flagged_dirs: Vec<(String, String)> = Vec::new();
-    for (e, _) in &entries {
-        if e.exclude_from_backup && matches!(e.kind, EntryKind::Directory) {
-            flagged_dirs.push((e.domain.clone(), e.path.clone()));
-        }
-    }
-    let in_flagged = |domain: &str, path: &str| {
-        flagged_dirs
-            .iter()
-            .any(|(d, p)| d == domain && (p.is_empty() || path.starts_with(&format!("{p}/"))))
-    };
+    let flagged = flagged_dirs(&entries);
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -624,31 +731,8 @@ fn backup_inner(
                 if failed.load(Ordering::Relaxed) {
                     break;
                 }
-                let kind_name = match e.kind {
-                    EntryKind::File => "file",
-                    EntryKind::Directory => "dir",
-                    EntryKind::Symlink { .. } => "symlink",
-                };
-                let skip = |reason: String| Skip {
-                    kind: kind_name.into(),
-                    what: format!("{}/{}", e.domain, e.path),
-                    class: matches!(e.kind, EntryKind::File).then(|| class_name(e.class)),
-                    reason,
-                };
-                if let Some(r) = excluded_by_rule(&e.path) {
-                    report.skipped.push(skip(r.into()));
-                    continue;
-                }
-                if e.exclude_from_backup {
-                    report
-                        .skipped
-                        .push(skip("flagged exclude-from-backup".into()));
-                    continue;
-                }
-                if in_flagged(&e.domain, &e.path) {
-                    report
-                        .skipped
-                        .push(skip("inside a folder flagged exclude-from-backup".into()));
+                if let Decision::Skip(skip) = decide(device, &e, &flagged) {
+                    report.skipped.push(skip);
                     continue;
                 }
                 let job: Job<'_> = match &e.kind {
@@ -670,15 +754,6 @@ fn backup_inner(
                         })
                     }
                     EntryKind::File => {
-                        if !device.class_key_available(e.class) {
-                            report.skipped.push(skip(format!(
-                                "class {} ({}) is not readable while the device is {:?}",
-                                class_name(e.class),
-                                e.class.name(),
-                                device.state()
-                            )));
-                            continue;
-                        }
                         let fref = fref.expect("files have a ref");
                         report.files += 1;
                         report.bytes += e.size;
@@ -743,6 +818,56 @@ fn backup_inner(
     }
 
     // Keychain.
+    let items = export_keychain(device, &mut report)?;
+    writer.add_keychain(items)?;
+    drop(previous);
+    // A new keybag (first password, or a changed one) is kept by the device from now on.
+    let to_keep = match &plan {
+        Plan::Fresh { .. } => writer.kept_keybag()?.map(|k| KeptKeybag {
+            keybag: k.keybag,
+            passkey: k.passkey,
+        }),
+        _ => None,
+    };
+    if to_keep.is_some() {
+        report.kdf_runs += 1;
+    }
+    let written = writer.finish()?;
+
+    if !in_place && written != out {
+        // Swap: old → aside, new → out, remove the old one.
+        let aside = out.with_file_name(format!(
+            ".{}.keybag-old-{}",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        fs::rename(out, &aside).map_err(io_err(out))?;
+        if let Err(e) = fs::rename(&written, out) {
+            let _ = fs::rename(&aside, out);
+            return Err(OpError::Io {
+                path: out.to_path_buf(),
+                source: e,
+            });
+        }
+        fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+    }
+    if let Some(kept) = &to_keep {
+        store_kept(device, kept)?;
+        report.backup_password_set = true;
+    }
+    let keybag = match (&plan, &to_keep) {
+        (_, Some(k)) | (Plan::Kept(k) | Plan::Check(k, _), None) => k.keybag.uuid_string(),
+        _ => None,
+    };
+    store_last_backup(device, &last_backup(device, out, keybag)?)?;
+    Ok(report)
+}
+
+/// The keychain items a backup exports (format §8.6), with the report's lines for them and
+/// for those it leaves out.
+fn export_keychain(device: &Device, report: &mut BackupReport) -> OpResult<Vec<NewKeychainItem>> {
     let mut items = Vec::new();
     let open = device.keychain_items()?;
     let open_rows: std::collections::HashSet<(String, u64)> =
@@ -787,45 +912,65 @@ fn backup_inner(
             reason,
         });
     }
-    writer.add_keychain(items)?;
-    drop(previous);
-    // A new keybag (first password, or a changed one) is kept by the device from now on.
-    let to_keep = match &plan {
-        Plan::Fresh { .. } => writer.kept_keybag()?.map(|k| KeptKeybag {
-            keybag: k.keybag,
-            passkey: k.passkey,
-        }),
-        _ => None,
-    };
-    if to_keep.is_some() {
-        report.kdf_runs += 1;
-    }
-    let written = writer.finish()?;
+    Ok(items)
+}
 
-    if !in_place && written != out {
-        // Swap: old → aside, new → out, remove the old one.
-        let aside = out.with_file_name(format!(
-            ".{}.keybag-old-{}",
-            out.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
+/// What a backup does with one device entry.
+enum Decision {
+    /// Left out, with the reason.
+    Skip(Skip),
+    /// Backed up (a directory, a symlink, or a file the device can read now).
+    Take,
+}
+
+/// Exclusions (format §10.1), "exclude from backup" flags (also on a parent folder) and
+/// the lock state, for one entry.
+fn decide(device: &Device, e: &crate::Entry, flagged_dirs: &[(String, String)]) -> Decision {
+    let kind_name = match e.kind {
+        EntryKind::File => "file",
+        EntryKind::Directory => "dir",
+        EntryKind::Symlink { .. } => "symlink",
+    };
+    let skip = |reason: String| {
+        Decision::Skip(Skip {
+            kind: kind_name.into(),
+            what: format!("{}/{}", e.domain, e.path),
+            class: matches!(e.kind, EntryKind::File).then(|| class_name(e.class)),
+            reason,
+        })
+    };
+    if let Some(r) = excluded_by_rule(&e.path) {
+        return skip(r.into());
+    }
+    if e.exclude_from_backup {
+        return skip("flagged exclude-from-backup".into());
+    }
+    let in_flagged = flagged_dirs
+        .iter()
+        .any(|(d, p)| *d == e.domain && (p.is_empty() || e.path.starts_with(&format!("{p}/"))));
+    if in_flagged {
+        return skip("inside a folder flagged exclude-from-backup".into());
+    }
+    if matches!(e.kind, EntryKind::File) && !device.class_key_available(e.class) {
+        return skip(format!(
+            "class {} ({}) is not readable while the device is {:?}",
+            class_name(e.class),
+            e.class.name(),
+            device.state()
         ));
-        fs::rename(out, &aside).map_err(io_err(out))?;
-        if let Err(e) = fs::rename(&written, out) {
-            let _ = fs::rename(&aside, out);
-            return Err(OpError::Io {
-                path: out.to_path_buf(),
-                source: e,
-            });
-        }
-        fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     }
-    if let Some(kept) = &to_keep {
-        store_kept(device, kept)?;
-        report.backup_password_set = true;
-    }
-    Ok(report)
+    Decision::Take
+}
+
+/// Folders flagged "exclude from backup", as (domain, path).
+fn flagged_dirs(
+    entries: &[(crate::Entry, Option<crate::store::FileRef>)],
+) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .filter(|(e, _)| e.exclude_from_backup && matches!(e.kind, EntryKind::Directory))
+        .map(|(e, _)| (e.domain.clone(), e.path.clone()))
+        .collect()
 }
 
 /// An unchanged file's blob from the previous backup, linked with its key kept (same

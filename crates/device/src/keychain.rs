@@ -22,7 +22,12 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection> {
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
          CREATE TABLE IF NOT EXISTS items(
             rowid INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, class INTEGER NOT NULL,
-            wrapped_key BLOB NOT NULL, iv BLOB NOT NULL, data BLOB NOT NULL);",
+            wrapped_key BLOB NOT NULL, iv BLOB NOT NULL, data BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS changes(id INTEGER PRIMARY KEY CHECK (id = 0), token BLOB NOT NULL);
+         INSERT OR IGNORE INTO changes VALUES (0, randomblob(16));
+         CREATE TRIGGER IF NOT EXISTS items_ins AFTER INSERT ON items BEGIN UPDATE changes SET token = randomblob(16); END;
+         CREATE TRIGGER IF NOT EXISTS items_upd AFTER UPDATE ON items BEGIN UPDATE changes SET token = randomblob(16); END;
+         CREATE TRIGGER IF NOT EXISTS items_del AFTER DELETE ON items BEGIN UPDATE changes SET token = randomblob(16); END;",
     )
     .map_err(db(&path))?;
     Ok(conn)

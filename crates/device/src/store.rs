@@ -38,7 +38,12 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection> {
             mtime INTEGER NOT NULL, ctime INTEGER NOT NULL, birth INTEGER NOT NULL,
             class INTEGER NOT NULL, wrapped_key BLOB, exclude INTEGER NOT NULL,
             blob TEXT, size INTEGER NOT NULL,
-            PRIMARY KEY(domain, path)) WITHOUT ROWID;",
+            PRIMARY KEY(domain, path)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS changes(id INTEGER PRIMARY KEY CHECK (id = 0), token BLOB NOT NULL);
+         INSERT OR IGNORE INTO changes VALUES (0, randomblob(16));
+         CREATE TRIGGER IF NOT EXISTS files_ins AFTER INSERT ON files BEGIN UPDATE changes SET token = randomblob(16); END;
+         CREATE TRIGGER IF NOT EXISTS files_upd AFTER UPDATE ON files BEGIN UPDATE changes SET token = randomblob(16); END;
+         CREATE TRIGGER IF NOT EXISTS files_del AFTER DELETE ON files BEGIN UPDATE changes SET token = randomblob(16); END;",
     )
     .map_err(db(&path))?;
     Ok(conn)
@@ -540,6 +545,24 @@ impl Device {
     /// Decrypts a file to `out`; returns its length.
     pub fn get(&self, domain: &str, path: &str, out: &mut dyn Write) -> Result<u64> {
         self.open_file(domain, path)?.read_to(out)
+    }
+
+    /// A token that changes with every change to the files or the keychain (random, set by
+    /// SQLite triggers on every insert, update and delete, so no code path can forget it;
+    /// a copied folder changed differently gets another token). Lets a backup see that
+    /// nothing changed since the last one without reading anything else.
+    pub(crate) fn change_token(&self) -> Result<Vec<u8>> {
+        let get = |conn: &Connection, path: &Path| -> Result<Vec<u8>> {
+            conn.query_row("SELECT token FROM changes WHERE id = 0", [], |r| r.get(0))
+                .map_err(db(path))
+        };
+        let mut t = get(&self.store_db(), &db_path(&self.dir))?;
+        let kc = crate::keychain::db_path(&self.dir);
+        t.extend(get(
+            &self.keychain.lock().unwrap_or_else(|e| e.into_inner()),
+            &kc,
+        )?);
+        Ok(t)
     }
 
     /// Metadata of every entry (of one domain), sorted by domain and path. Needs no class key.

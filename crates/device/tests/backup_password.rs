@@ -191,3 +191,131 @@ fn without_encryption_on_a_phone_backup_is_unencrypted() {
     assert!(!dev.backup_encryption());
     assert!(!Backup::open(&out).unwrap().is_encrypted());
 }
+
+/// An unchanged device backed up into the folder of its last backup: the backup is kept as
+/// it is (Manifest.db and blobs untouched), only its dates move. Any change (a file, a
+/// keychain item, the lock state, another folder in between, a password to set) makes a real
+/// backup again.
+#[test]
+fn an_unchanged_device_keeps_its_backup_and_any_change_makes_a_real_one() {
+    use mobilebackup::plists::read_dict;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("phone");
+    let mut dev = init(&dir, Some(b"1234"));
+    dev.unlock(b"1234").unwrap();
+    fill(&mut dev);
+    let out = tmp.path().join("backup");
+    let first = backup(&dev, &out, &with_pw(PW)).unwrap();
+    assert!(!first.unchanged);
+    let want = read_all(&out, PW).unwrap();
+    let db = std::fs::read(out.join("Manifest.db")).unwrap();
+    let status_uuid = |out: &Path| read_dict(&out.join("Status.plist")).unwrap()["UUID"].clone();
+    let uuid0 = status_uuid(&out);
+
+    let same = backup_with_device_setting(&dev, &out, &no_pw()).unwrap();
+    assert!(same.unchanged, "{same:?}");
+    assert_eq!(
+        (same.files, same.reused, same.kdf_runs),
+        (first.files, first.files, 0)
+    );
+    assert_eq!(same.skipped, first.skipped);
+    assert_eq!(same.keychain, first.keychain);
+    assert_eq!(
+        std::fs::read(out.join("Manifest.db")).unwrap(),
+        db,
+        "kept as it is"
+    );
+    assert_ne!(status_uuid(&out), uuid0, "a new snapshot");
+    assert_eq!(read_all(&out, PW).unwrap(), want);
+    assert!(!out.join(mobilebackup::update::UPDATE_DIR).exists());
+
+    // A new file.
+    put(
+        &mut dev,
+        "HomeDomain",
+        "Library/Notes/e.txt",
+        b"note e",
+        PC(3),
+    );
+    let r = backup_with_device_setting(&dev, &out, &no_pw()).unwrap();
+    assert!(!r.unchanged);
+    assert_eq!(read_all(&out, PW).unwrap().len(), want.len() + 1);
+    assert!(
+        backup_with_device_setting(&dev, &out, &no_pw())
+            .unwrap()
+            .unchanged
+    );
+
+    // A keychain item.
+    dev.keychain_add(
+        "genp",
+        dataprotection::ProtectionClass::KC_WHEN_UNLOCKED,
+        common::password_item("svc", b"secret"),
+    )
+    .unwrap();
+    let r = backup_with_device_setting(&dev, &out, &no_pw()).unwrap();
+    assert!(!r.unchanged);
+    assert_eq!(r.keychain.len(), first.keychain.len() + 1);
+
+    // The lock state: class A is left out while locked.
+    dev.lock().unwrap();
+    let r = backup_with_device_setting(&dev, &out, &no_pw()).unwrap();
+    assert!(!r.unchanged);
+    assert!(
+        r.skipped.iter().any(|s| s.what.ends_with("b.txt")),
+        "{:?}",
+        r.skipped
+    );
+    dev.unlock(b"1234").unwrap();
+    assert!(
+        !backup_with_device_setting(&dev, &out, &no_pw())
+            .unwrap()
+            .unchanged
+    );
+
+    // A backup into another folder in between: the first folder gets a real backup.
+    let other = tmp.path().join("other");
+    backup_with_device_setting(&dev, &other, &no_pw()).unwrap();
+    assert!(
+        !backup_with_device_setting(&dev, &out, &no_pw())
+            .unwrap()
+            .unchanged
+    );
+
+    // The backup folder changed behind the device's back.
+    assert!(
+        backup_with_device_setting(&dev, &out, &no_pw())
+            .unwrap()
+            .unchanged
+    );
+    std::fs::write(out.join("Info.plist"), b"not a plist").unwrap();
+    let r = backup_with_device_setting(&dev, &out, &no_pw());
+    assert!(r.is_ok_and(|r| !r.unchanged));
+    assert_eq!(read_all(&out, PW).unwrap().len(), want.len() + 1);
+
+    // A password given is always checked: no shortcut.
+    let r = backup_with_device_setting(&dev, &out, &with_pw(PW)).unwrap();
+    assert!(!r.unchanged && r.kdf_runs == 1);
+}
+
+/// Unencrypted, then the same device asked for an encrypted backup of the unchanged device:
+/// it must become encrypted (the shortcut never applies with a password).
+#[test]
+fn an_unchanged_unencrypted_backup_still_becomes_encrypted_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("phone");
+    let mut dev = init(&dir, None);
+    fill(&mut dev);
+    let out = tmp.path().join("backup");
+    backup_with_device_setting(&dev, &out, &no_pw()).unwrap();
+    assert!(
+        backup_with_device_setting(&dev, &out, &no_pw())
+            .unwrap()
+            .unchanged
+    );
+    assert!(!Backup::open(&out).unwrap().is_encrypted());
+    let r = backup_with_device_setting(&dev, &out, &with_pw(PW)).unwrap();
+    assert!(!r.unchanged && r.encrypted);
+    assert!(Backup::open(&out).unwrap().is_encrypted());
+    assert_eq!(read_all(&out, PW).unwrap().len(), 3);
+}

@@ -84,6 +84,58 @@ pub fn recover(root: &Path) -> Result<Recovery> {
     Ok(Recovery::Finished)
 }
 
+/// A backup of an unchanged device: the backup at `root` is kept as it is and only its dates
+/// move to `date` (`Manifest.plist` `Date`, `Info.plist` `Last Backup Date`, `Status.plist`
+/// `Date` and a fresh snapshot `UUID`), committed through the same journal as any update.
+/// `Manifest.db` and every blob stay untouched. Fails when an update folder is there
+/// already (run [`recover`] first).
+pub fn refresh(root: &Path, date: std::time::SystemTime) -> Result<()> {
+    use plist::{Dictionary, Value};
+    let dir = root.join(UPDATE_DIR);
+    fs::create_dir(&dir).map_err(Error::io(&dir))?;
+    let staged = (|| -> Result<()> {
+        // Whole seconds, as the writer (Python's plistlib rejects fractional XML dates).
+        let secs = date
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let date =
+            Value::Date((std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).into());
+        let edit = |name: &str, binary: bool, f: &dyn Fn(&mut Dictionary)| -> Result<()> {
+            let mut d = crate::plists::read_dict(&root.join(name))?;
+            f(&mut d);
+            let mut out = Vec::new();
+            let v = Value::Dictionary(d);
+            let written = if binary {
+                v.to_writer_binary(&mut out)
+            } else {
+                v.to_writer_xml(&mut out)
+            };
+            let path = dir.join(name);
+            written.map_err(|e| Error::malformed(&path, format!("cannot write: {e}")))?;
+            fs::write(&path, &out).map_err(Error::io(&path))
+        };
+        edit(layout::MANIFEST_PLIST, true, &|d| {
+            d.insert("Date".into(), date.clone());
+        })?;
+        edit(layout::INFO_PLIST, false, &|d| {
+            d.insert("Last Backup Date".into(), date.clone());
+        })?;
+        edit(layout::STATUS_PLIST, true, &|d| {
+            d.insert("Date".into(), date.clone());
+            d.insert(
+                "UUID".into(),
+                uuid::Uuid::new_v4().to_string().to_uppercase().into(),
+            );
+        })?;
+        commit(root, &[])
+    })();
+    if let Err(e) = staged {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    apply(root)
+}
+
 /// Step 2: writes and syncs the commit marker naming the blobs to drop.
 pub(crate) fn commit(root: &Path, dropped: &[String]) -> Result<()> {
     let dir = root.join(UPDATE_DIR);

@@ -222,6 +222,12 @@ pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
              later backups are encrypted with it without asking"
         );
     }
+    if r.unchanged {
+        println!(
+            "  nothing changed since this device's last backup into this folder: kept as it \
+             is, dates refreshed"
+        );
+    }
     println!(
         "  {} ({}), {}, {}; {} unchanged since the last backup (not rewritten)",
         plural(r.files, "file", "files"),
