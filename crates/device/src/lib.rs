@@ -12,7 +12,8 @@
 //! | `secure/systembag.kb` | `DATA` (the system keybag TLV: `VERS` 4, `TYPE` 0, `UUID`, `WRAP`, `SALT`, `ITER`, class records) then `SIGN` (HMAC-SHA256) | class keys wrapped |
 //! | `secure/backup-keybag` | only once a backup was made with a password ("encrypt local backup" on): `KBBK`, version 1, the password's 32-byte passkey RFC 3394-wrapped (40 bytes) under a UID-derived key, then the backup keybag TLV. Like iOS, which keeps the backup password on the phone (device-bound, as a ThisDeviceOnly item: a copied folder with another UID cannot open it), later backups reuse this keybag without asking for the password or running its KDF ([`backup::backup_with_device_setting`]); a backup with another password replaces it | passkey wrapped |
 //! | `run/session` | the class keys the SEP holds in RAM after first unlock, AES-GCM under a UID-derived key. A real SEP never writes these out; the file only exists so separate CLI invocations share a boot. `lock` rewrites it without A, B-private, ak, aku, akpu; `restart` deletes it | yes |
-//! | `store.db`, `store/xx/<id>` | SQLite index of files (domain, path, kind, mode, owner, times, class, wrapped file key, exclude flag, blob id, size) and the encrypted blobs | contents encrypted |
+//! | `store.db`, `store/xx/<id>` | SQLite index of files (domain, path, kind, mode, owner, times, class, wrapped file key, exclude flag, blob id, size) and the encrypted blobs; a `changes` row holds a random token that triggers renew on every change (as in `keychain.db`) | contents encrypted |
+//! | `backup-state.json` | after a backup: its folder, the SHA-256 of its four top-level files, the change tokens, identity and lock state then, the keybag UUID; a backup of the unchanged device into the same folder then only refreshes its dates | no |
 //! | `keychain.db` | SQLite: `rowid`, `tbl`, `class`, wrapped item key, AES-GCM of the item's DER attribute dictionary | attributes encrypted |
 //!
 //! # Keys
