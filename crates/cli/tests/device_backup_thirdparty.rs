@@ -129,6 +129,22 @@ fn device_backup_is_read_identically_by_iphone_backup_decrypt_and_mvt() {
     ));
     assert_eq!(r["encrypted"], true);
     assert_eq!(r["keychain"].as_array().unwrap().len(), 2, "{r}");
+    // Backed up again, unchanged and without a password: the device keeps the backup and
+    // rewrites only its plists' dates, which the third-party readers below must accept.
+    let again = ok_json(&keybag(
+        &[
+            OsStr::new("device"),
+            OsStr::new("backup"),
+            dir.as_os_str(),
+            out.as_os_str(),
+            OsStr::new("--json"),
+        ],
+        None,
+    ));
+    assert_eq!(
+        (&again["unchanged"], &again["kdf_runs"]),
+        (&Value::Bool(true), &Value::from(0))
+    );
 
     let ibd = run_py(
         "KEYBAG_PY_IBD",
