@@ -90,50 +90,37 @@ pub fn recover(root: &Path) -> Result<Recovery> {
 /// `Manifest.db` and every blob stay untouched. Fails when an update folder is there
 /// already (run [`recover`] first).
 pub fn refresh(root: &Path, date: std::time::SystemTime) -> Result<()> {
-    use plist::{Dictionary, Value};
-    let dir = root.join(UPDATE_DIR);
-    fs::create_dir(&dir).map_err(Error::io(&dir))?;
-    let staged = (|| -> Result<()> {
-        // Whole seconds, as the writer (Python's plistlib rejects fractional XML dates).
-        let secs = date
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let date =
-            Value::Date((std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).into());
-        let edit = |name: &str, binary: bool, f: &dyn Fn(&mut Dictionary)| -> Result<()> {
-            let mut d = crate::plists::read_dict(&root.join(name))?;
-            f(&mut d);
-            let mut out = Vec::new();
-            let v = Value::Dictionary(d);
-            let written = if binary {
-                v.to_writer_binary(&mut out)
-            } else {
-                v.to_writer_xml(&mut out)
-            };
-            let path = dir.join(name);
-            written.map_err(|e| Error::malformed(&path, format!("cannot write: {e}")))?;
-            fs::write(&path, &out).map_err(Error::io(&path))
+    use plist::Value;
+    // Whole seconds, as the writer (Python's plistlib rejects fractional XML dates).
+    let secs = date
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let date = Value::Date((std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).into());
+    // The same staging folder, journal and cleanup on failure as any update.
+    let staging = crate::staging::Staging::update(root)?;
+    for (name, binary) in [
+        (layout::MANIFEST_PLIST, true),
+        (layout::INFO_PLIST, false),
+        (layout::STATUS_PLIST, true),
+    ] {
+        let mut d = crate::plists::read_dict(&root.join(name))?;
+        match name {
+            layout::MANIFEST_PLIST => d.insert("Date".into(), date.clone()),
+            layout::INFO_PLIST => d.insert("Last Backup Date".into(), date.clone()),
+            _ => {
+                d.insert(
+                    "UUID".into(),
+                    uuid::Uuid::new_v4().to_string().to_uppercase().into(),
+                );
+                d.insert("Date".into(), date.clone())
+            }
         };
-        edit(layout::MANIFEST_PLIST, true, &|d| {
-            d.insert("Date".into(), date.clone());
-        })?;
-        edit(layout::INFO_PLIST, false, &|d| {
-            d.insert("Last Backup Date".into(), date.clone());
-        })?;
-        edit(layout::STATUS_PLIST, true, &|d| {
-            d.insert("Date".into(), date.clone());
-            d.insert(
-                "UUID".into(),
-                uuid::Uuid::new_v4().to_string().to_uppercase().into(),
-            );
-        })?;
-        commit(root, &[])
-    })();
-    if let Err(e) = staged {
-        let _ = fs::remove_dir_all(&dir);
-        return Err(e);
+        let bytes = crate::writer::plist_bytes(&d, binary)
+            .map_err(|e| Error::malformed(root.join(name), format!("cannot write: {e}")))?;
+        staging.write(name, &bytes)?;
     }
-    apply(root)
+    staging.commit_update(&[])?;
+    Ok(())
 }
 
 /// Step 2: writes and syncs the commit marker naming the blobs to drop.

@@ -370,9 +370,8 @@ struct Existing<'a> {
     file_key: ExistingKey<'a>,
     size: u64,
     digest: Option<Vec<u8>>,
-    /// The blob already is this record's blob in the backup being updated: nothing to link.
-    in_place: bool,
     /// In-place updates: the record's row in the backup being updated, decoded and as stored.
+    /// Its blob already is this record's blob there: nothing to link.
     kept_row: Option<(&'a MbFile, &'a [u8])>,
 }
 
@@ -731,7 +730,6 @@ impl BackupWriter {
                 file_key: file_key.map_or(ExistingKey::None, ExistingKey::Plain),
                 size,
                 digest,
-                in_place: false,
                 kept_row: None,
             }),
         )
@@ -766,7 +764,6 @@ impl BackupWriter {
                 file_key: ExistingKey::Wrapped(wrapped_key),
                 size,
                 digest,
-                in_place: false,
                 kept_row: None,
             }),
         )
@@ -861,7 +858,6 @@ impl BackupWriter {
                 file_key,
                 size: old.size,
                 digest: old.digest.clone(),
-                in_place: true,
                 kept_row: Some((old, &previous.raw)),
             }),
         )
@@ -1046,13 +1042,14 @@ impl BackupWriter {
         ex: Existing<'_>,
         class: u32,
     ) -> Result<BlobInfo> {
-        let final_path = if ex.in_place {
+        let in_place = ex.kept_row.is_some();
+        let final_path = if in_place {
             ex.blob.to_path_buf()
         } else {
             self.blob_dir(file_id)?
         };
         let dir = final_path.parent().expect("blob path has a parent");
-        if !ex.in_place && fs::hard_link(ex.blob, &final_path).is_err() {
+        if !in_place && fs::hard_link(ex.blob, &final_path).is_err() {
             let tmp = dir.join(format!(".{file_id}.partial"));
             let copied = fs::copy(ex.blob, &tmp)
                 .and_then(|_| fs::rename(&tmp, &final_path))
@@ -1511,7 +1508,10 @@ fn build_manifest_db(
 }
 
 /// Serialises a dictionary as a binary or XML plist.
-fn plist_bytes(d: &Dictionary, binary: bool) -> std::result::Result<Vec<u8>, plist::Error> {
+pub(crate) fn plist_bytes(
+    d: &Dictionary,
+    binary: bool,
+) -> std::result::Result<Vec<u8>, plist::Error> {
     let mut out = Vec::new();
     let v = Value::Dictionary(d.clone());
     if binary {
