@@ -226,17 +226,14 @@ fn store_last_backup(device: &Device, rec: &LastBackup) -> OpResult<()> {
     Ok(())
 }
 
-/// Whether `out` holds this device's last backup and nothing changed since: the same
-/// folder, its top-level files as the device left them, the same change
-/// token, identity, lock state and keybag. Any doubt (no record, unreadable files) is "no".
-fn unchanged_since_last(device: &Device, out: &Path, keybag: Option<String>) -> bool {
-    let Ok(bytes) = fs::read(device.dir().join(LAST_BACKUP)) else {
-        return false;
-    };
-    let Ok(recorded) = serde_json::from_slice::<LastBackup>(&bytes) else {
-        return false;
-    };
-    last_backup(device, out, keybag).is_ok_and(|now| now == recorded)
+/// The record of this device's last backup when `out` holds it and nothing changed since:
+/// the same folder, its top-level files as the device left them, the same change token,
+/// identity, lock state and keybag. Any doubt (no record, unreadable files) is `None`.
+fn unchanged_since_last(device: &Device, out: &Path, keybag: Option<String>) -> Option<LastBackup> {
+    let bytes = fs::read(device.dir().join(LAST_BACKUP)).ok()?;
+    let recorded = serde_json::from_slice::<LastBackup>(&bytes).ok()?;
+    let now = last_backup(device, out, keybag).ok()?;
+    (now == recorded).then_some(now)
 }
 
 /// The key of the password layer of this device's unencrypted backups' keybags: derived from
@@ -423,15 +420,15 @@ struct Previous {
     backup: Backup,
     /// Made under the same keybag as the new backup: wrapped file keys are kept as they are.
     same_keybag: bool,
-    /// (domain, path) → index in `records`, for its usable regular files.
-    files: HashMap<(String, String), usize>,
+    /// domain → path → index in `records`, for its usable regular files (nested so that a
+    /// lookup borrows both strings instead of allocating a key per device file).
+    files: HashMap<String, HashMap<String, usize>>,
 }
 
 impl Previous {
     /// The usable regular file `domain/path` of the previous backup.
     fn file(&self, domain: &str, path: &str) -> Option<&mobilebackup::Record> {
-        // Owned key: the map is keyed by (String, String).
-        let i = *self.files.get(&(domain.to_string(), path.to_string()))?;
+        let i = *self.files.get(domain)?.get(path)?;
         Some(&self.records[i])
     }
 }
@@ -489,13 +486,15 @@ fn open_previous(
         }
     }
     let cat = b.catalog().ok()?;
-    let files = cat
-        .records
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.kind() == RecordKind::File && r.problem.is_none())
-        .map(|(i, r)| ((r.domain.clone(), r.relative_path.clone()), i))
-        .collect();
+    let mut files: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for (i, r) in cat.records.iter().enumerate() {
+        if r.kind() == RecordKind::File && r.problem.is_none() {
+            files
+                .entry(r.domain.clone())
+                .or_default()
+                .insert(r.relative_path.clone(), i);
+        }
+    }
     Some(Previous {
         records: cat.records,
         backup: b,
@@ -565,7 +564,7 @@ fn backup_inner(
             Plan::Check(..) | Plan::Fresh { .. } => None,
         };
         if let Some(keybag) = keybag {
-            if unchanged_since_last(device, out, keybag.clone()) {
+            if let Some(mut record) = unchanged_since_last(device, out, keybag) {
                 let entries = device.entries_with_refs()?;
                 let flagged = flagged_dirs(&entries);
                 for (e, _) in &entries {
@@ -585,7 +584,16 @@ fn backup_inner(
                 export_keychain(device, &mut report)?;
                 // A refresh that fails (it left nothing behind) falls back to a real backup.
                 if mobilebackup::update::refresh(out, SystemTime::now()).is_ok() {
-                    store_last_backup(device, &last_backup(device, out, keybag)?)?;
+                    // Only the plists changed: Manifest.db (the big one) keeps its hash.
+                    for (hash, name) in record
+                        .top_files
+                        .iter_mut()
+                        .zip(mobilebackup::update::TOP_FILES)
+                        .filter(|(_, n)| *n != mobilebackup::layout::MANIFEST_DB)
+                    {
+                        *hash = sha256_file(&out.join(name))?;
+                    }
+                    store_last_backup(device, &record)?;
                     report.unchanged = true;
                     return Ok(report);
                 }
@@ -991,11 +999,11 @@ fn reuse_blob(
     let Some(f) = old.file.as_ref() else {
         return Ok(false);
     };
-    let digest = f.digest.clone();
     if in_place {
         // Same keys: the blob stays where it is and keeps its wrapped key.
         return Ok(writer.keep_blob(meta, old).is_ok());
     }
+    let digest = f.digest.clone();
     let blob = prev.backup.blob_path(old)?;
     if prev.same_keybag {
         // Same keybag: the wrapped key is kept as it is.

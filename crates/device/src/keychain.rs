@@ -42,7 +42,7 @@ fn aad(table: &str, class: u32) -> Vec<u8> {
 type RawItem = (u64, String, u32, Vec<u8>, Vec<u8>, Vec<u8>);
 
 impl Device {
-    fn keychain_db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn keychain_db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.keychain.lock().unwrap_or_else(|e| e.into_inner())
     }
 

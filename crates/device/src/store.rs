@@ -558,10 +558,7 @@ impl Device {
         };
         let mut t = get(&self.store_db(), &db_path(&self.dir))?;
         let kc = crate::keychain::db_path(&self.dir);
-        t.extend(get(
-            &self.keychain.lock().unwrap_or_else(|e| e.into_inner()),
-            &kc,
-        )?);
+        t.extend(get(&self.keychain_db(), &kc)?);
         Ok(t)
     }
 
