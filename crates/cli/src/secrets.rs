@@ -44,7 +44,7 @@ impl Keys {
 }
 
 /// Parses `text` as exactly `N` bytes of hex; the message never quotes the input.
-fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<Secret<N>> {
+pub(crate) fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<Secret<N>> {
     let text = text.trim();
     if let Some(i) = text.find(|c: char| !c.is_ascii_hexdigit()) {
         return Err(exit::usage(format!(

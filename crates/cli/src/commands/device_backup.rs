@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::exit;
 use crate::output::{human_bytes, plural, print_json, sanitize, thousands};
-use crate::secrets::{read_password_file, PASSWORD_ENV};
+use crate::secrets::{parse_hex, read_password_file, PASSWORD_ENV};
 
 /// `keybag device backup DIR OUT [--encrypt]`.
 ///
@@ -172,11 +172,28 @@ fn print_skips(title: &str, list: &[Skip]) {
     }
 }
 
-/// Is the backup at `dir` encrypted? (`None` when it cannot be read: the library reports why.)
-fn backup_encrypted(dir: &Path) -> Option<bool> {
-    mobilebackup::Backup::open(dir)
+/// The password of the backup at `dir` when it is encrypted (asked for, or read from
+/// `password_file` / the environment); `None` when it is not, or cannot be read (the library
+/// then reports why).
+fn backup_password(dir: &Path, password_file: Option<&Path>) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let encrypted = mobilebackup::Backup::open(dir)
         .ok()
-        .map(|b| b.is_encrypted())
+        .is_some_and(|b| b.is_encrypted());
+    if !encrypted {
+        return Ok(None);
+    }
+    password(password_file, &dir.display().to_string(), false).map(Some)
+}
+
+/// "N files (size), N folders, N symlinks", as every report here starts.
+fn contents(files: u64, bytes: u64, directories: u64, symlinks: u64) -> String {
+    format!(
+        "{} ({}), {}, {}",
+        plural(files, "file", "files"),
+        human_bytes(bytes),
+        plural(directories, "folder", "folders"),
+        plural(symlinks, "symlink", "symlinks"),
+    )
 }
 
 /// `keybag device backup`.
@@ -229,11 +246,8 @@ pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
         );
     }
     println!(
-        "  {} ({}), {}, {}; {} unchanged since the last backup (not rewritten)",
-        plural(r.files, "file", "files"),
-        human_bytes(r.bytes),
-        plural(r.directories, "folder", "folders"),
-        plural(r.symlinks, "symlink", "symlinks"),
+        "  {}; {} unchanged since the last backup (not rewritten)",
+        contents(r.files, r.bytes, r.directories, r.symlinks),
         thousands(r.reused)
     );
     println!(
@@ -254,14 +268,7 @@ pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
 
 /// `keybag device restore`.
 pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
-    let password = match backup_encrypted(&cmd.backup) {
-        Some(true) => Some(password(
-            cmd.password_file.as_deref(),
-            &cmd.backup.display().to_string(),
-            false,
-        )?),
-        _ => None,
-    };
+    let password = backup_password(&cmd.backup, cmd.password_file.as_deref())?;
     let opts = RestoreOptions {
         password,
         ..RestoreOptions::default()
@@ -272,11 +279,8 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
         return Ok(exit::OK);
     }
     println!(
-        "Restored {} ({}), {}, {} onto {} (re-keyed under its class keys)",
-        plural(r.files, "file", "files"),
-        human_bytes(r.bytes),
-        plural(r.directories, "folder", "folders"),
-        plural(r.symlinks, "symlink", "symlinks"),
+        "Restored {} onto {} (re-keyed under its class keys)",
+        contents(r.files, r.bytes, r.directories, r.symlinks),
         cmd.dir.display()
     );
     println!(
@@ -295,21 +299,12 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
 
 /// `keybag device import`.
 pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
-    let device_key = match &cmd.device_key {
-        Some(hex) => Some(
-            dataprotection::DeviceKey::from_hex(hex.trim())
-                .map_err(|_| exit::usage("--device-key: expected 32 hex digits"))?,
-        ),
-        None => None,
-    };
-    let password = match backup_encrypted(&cmd.backup) {
-        Some(true) => Some(password(
-            cmd.password_file.as_deref(),
-            &cmd.backup.display().to_string(),
-            false,
-        )?),
-        _ => None,
-    };
+    let device_key = cmd
+        .device_key
+        .as_deref()
+        .map(|hex| parse_hex::<16>(hex, "--device-key"))
+        .transpose()?;
+    let password = backup_password(&cmd.backup, cmd.password_file.as_deref())?;
     let passcode = cmd
         .passcode_file
         .as_deref()
@@ -327,13 +322,10 @@ pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
         return Ok(exit::OK);
     }
     println!(
-        "Imported {} into the new device {}: {} ({}), {}, {}",
+        "Imported {} into the new device {}: {}",
         cmd.backup.display(),
         cmd.dir.display(),
-        plural(r.files, "file", "files"),
-        human_bytes(r.bytes),
-        plural(r.directories, "folder", "folders"),
-        plural(r.symlinks, "symlink", "symlinks"),
+        contents(r.files, r.bytes, r.directories, r.symlinks),
     );
     println!(
         "Keychain: {} imported",
