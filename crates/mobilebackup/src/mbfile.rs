@@ -741,7 +741,7 @@ fn ns_dictionary_order(entries: Vec<(&'static str, Obj)>) -> Vec<(&'static str, 
 /// pointer, i.e. constant strings (keys), tagged-pointer strings and tagged NSNumbers of the same
 /// type. So `Flags` (Int32) 0 and `Size` (Int64) 0 are two objects while Int32 `UserID` and
 /// `GroupID` 501 are one, and a 13-character "NSMutableData" appears twice.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 enum UniqueKey<'a> {
     Str(&'a str),
     Int(i64, u8),
