@@ -3,6 +3,9 @@
 //! The plaintext length comes from the PKCS7 padding, not from MBFile `Size`
 //! (spec §7.2): the last ciphertext block is decrypted first, with the block
 //! before it as IV, so the length is known before any byte is streamed.
+//!
+//! A reader can also check the blob against the record's `Digest` (SHA-1 of the stored
+//! bytes) as it streams, at no second read: [`BlobReader::check_digest`].
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,12 +13,66 @@ use std::path::{Path, PathBuf};
 
 use dataprotection::cbc::{pkcs7_pad_len, Decryptor, BLOCK};
 use dataprotection::Key256;
+use sha1::{Digest, Sha1};
 use zeroize::Zeroize;
 
+use crate::safe_fs::open_regular;
 use crate::{Error, Result};
 
 /// Chunk size for streaming: large enough for AES-NI pipelining and few syscalls.
 pub const CHUNK: usize = 1 << 20;
+
+/// A blob whose SHA-1 is not the record's `Digest`: what [`BlobReader::digest_mismatch`]
+/// reports, and (in strict mode) the error inside the `io::Error` its final read returns.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{path}: SHA-1 {actual} differs from the recorded Digest {expected} (changed after the backup)"
+)]
+pub struct DigestMismatch {
+    /// The blob.
+    pub path: PathBuf,
+    /// The recorded `Digest`, hex.
+    pub expected: String,
+    /// The blob's SHA-1, hex.
+    pub actual: String,
+}
+
+impl From<DigestMismatch> for Error {
+    fn from(d: DigestMismatch) -> Self {
+        Error::DigestMismatch {
+            path: d.path,
+            expected: d.expected,
+            actual: d.actual,
+        }
+    }
+}
+
+/// The [`DigestMismatch`] carried by `e` (a strict reader's final read error), if any.
+pub fn digest_mismatch_in(e: &std::io::Error) -> Option<&DigestMismatch> {
+    e.get_ref().and_then(|inner| inner.downcast_ref())
+}
+
+/// A read error of the blob at `path` as this crate's error: a strict reader's
+/// [`DigestMismatch`] becomes [`Error::DigestMismatch`], anything else [`Error::Io`].
+pub fn read_error(path: &Path, e: std::io::Error) -> Error {
+    match digest_mismatch_in(&e) {
+        Some(d) => d.clone().into(),
+        None => Error::Io {
+            path: path.into(),
+            source: e,
+        },
+    }
+}
+
+/// Checking the stored bytes against a `Digest` while they stream.
+struct DigestCheck {
+    hasher: Sha1,
+    expected: [u8; 20],
+    /// Fail the final read on a mismatch (restore, import) instead of only reporting it.
+    strict: bool,
+    /// Set once every stored byte was hashed.
+    result: Option<Option<DigestMismatch>>,
+}
 
 /// A reader of one blob's plaintext.
 pub struct BlobReader {
@@ -28,6 +85,7 @@ pub struct BlobReader {
     plain_left: u64,
     plain_len: u64,
     padding_ok: bool,
+    digest: Option<DigestCheck>,
     buf: Vec<u8>,
     pos: usize,
     end: usize,
@@ -36,7 +94,7 @@ pub struct BlobReader {
 impl BlobReader {
     /// Opens a raw (unencrypted) blob.
     pub fn plain(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| open_err(path, e))?;
+        let file = open_regular(path)?;
         let len = file.metadata().map_err(Error::io(path))?.len();
         Ok(Self::new(path, file, None, len, len, true))
     }
@@ -48,7 +106,7 @@ impl BlobReader {
     /// then yields every decrypted byte and [`BlobReader::padding_ok`] is false,
     /// so a caller can keep the data and report the file as suspect.
     pub fn encrypted(path: &Path, key: &Key256) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| open_err(path, e))?;
+        let mut file = open_regular(path)?;
         let len = file.metadata().map_err(Error::io(path))?.len();
         if len == 0 {
             return Ok(Self::new(path, file, None, 0, 0, true));
@@ -110,6 +168,7 @@ impl BlobReader {
             plain_left: plain,
             plain_len: plain,
             padding_ok: ok,
+            digest: None,
             buf: Vec::new(),
             pos: 0,
             end: 0,
@@ -131,22 +190,85 @@ impl BlobReader {
         self.padding_ok
     }
 
+    /// Checks the stored bytes against `expected` (a record's 20-byte `Digest`; any other
+    /// length is ignored, as real records without one) while they stream. When the last
+    /// byte was read, [`BlobReader::digest_mismatch`] tells the outcome; with `strict`, a
+    /// mismatch also fails that final read with an `io::Error` carrying the
+    /// [`DigestMismatch`] (see [`read_error`]), so a consumer cannot take the data as good.
+    pub fn check_digest(mut self, expected: &[u8], strict: bool) -> Self {
+        if let Ok(expected) = <[u8; 20]>::try_from(expected) {
+            self.digest = Some(DigestCheck {
+                hasher: Sha1::new(),
+                expected,
+                strict,
+                result: None,
+            });
+        }
+        self
+    }
+
+    /// After the whole plaintext was read: the mismatch, if the blob was checked against a
+    /// `Digest` that it does not match. `None` also when no `Digest` was checked.
+    pub fn digest_mismatch(&self) -> Option<&DigestMismatch> {
+        self.digest.as_ref()?.result.as_ref()?.as_ref()
+    }
+
+    /// True when a `Digest` was checked and matched (every stored byte was read).
+    pub fn digest_verified(&self) -> bool {
+        self.digest
+            .as_ref()
+            .is_some_and(|d| matches!(d.result, Some(None)))
+    }
+
+    fn hash(&mut self, raw: &[u8]) {
+        if let Some(d) = self.digest.as_mut() {
+            d.hasher.update(raw);
+        }
+    }
+
+    /// At the end of the plaintext: hashes the stored bytes not read yet (the padding
+    /// block), then settles the digest check. Runs once.
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some(d) = self.digest.as_mut() else {
+            return Ok(());
+        };
+        if d.result.is_some() {
+            return Ok(());
+        }
+        let mut rest = [0u8; 4096];
+        while self.cipher_left > 0 {
+            let n = (rest.len() as u64).min(self.cipher_left) as usize;
+            self.file.read_exact(&mut rest[..n]).map_err(shrank)?;
+            d.hasher.update(&rest[..n]);
+            self.cipher_left -= n as u64;
+        }
+        let actual: [u8; 20] = std::mem::take(&mut d.hasher).finalize().into();
+        let mismatch = (actual != d.expected).then(|| DigestMismatch {
+            path: self.path.clone(),
+            expected: hex::encode(d.expected),
+            actual: hex::encode(actual),
+        });
+        d.result = Some(mismatch.clone());
+        match mismatch {
+            Some(m) if d.strict => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m)),
+            _ => Ok(()),
+        }
+    }
+
     /// Decrypts the next chunk into the internal buffer; false at the end.
     fn refill(&mut self) -> std::io::Result<bool> {
         if self.plain_left == 0 {
+            self.finish()?;
             return Ok(false);
         }
         if self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK.min(self.cipher_left as usize)];
         }
         let n = CHUNK.min(self.cipher_left as usize);
-        self.file.read_exact(&mut self.buf[..n]).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                std::io::Error::new(e.kind(), "blob shrank while it was being read")
-            } else {
-                e
-            }
-        })?;
+        self.file.read_exact(&mut self.buf[..n]).map_err(shrank)?;
+        if let Some(d) = self.digest.as_mut() {
+            d.hasher.update(&self.buf[..n]);
+        }
         if let Some(dec) = self.dec.as_mut() {
             dec.decrypt(&mut self.buf[..n])
                 .map_err(std::io::Error::other)?;
@@ -167,13 +289,8 @@ impl BlobReader {
         let n = (out.len() / BLOCK * BLOCK)
             .min(CHUNK)
             .min(self.cipher_left as usize);
-        self.file.read_exact(&mut out[..n]).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                std::io::Error::new(e.kind(), "blob shrank while it was being read")
-            } else {
-                e
-            }
-        })?;
+        self.file.read_exact(&mut out[..n]).map_err(shrank)?;
+        self.hash(&out[..n]);
         if let Some(dec) = self.dec.as_mut() {
             dec.decrypt(&mut out[..n]).map_err(std::io::Error::other)?;
         }
@@ -185,10 +302,10 @@ impl BlobReader {
     }
 
     /// Streams the whole plaintext into `w`, returning the byte count.
-    pub fn copy_to(mut self, w: &mut dyn Write) -> Result<u64> {
+    pub fn copy_to(&mut self, w: &mut dyn Write) -> Result<u64> {
         let mut total = 0u64;
         loop {
-            if self.pos == self.end && !self.refill().map_err(Error::io(&self.path))? {
+            if self.pos == self.end && !self.refill().map_err(|e| read_error(&self.path, e))? {
                 break;
             }
             w.write_all(&self.buf[self.pos..self.end])
@@ -224,14 +341,11 @@ impl Drop for BlobReader {
     }
 }
 
-fn open_err(path: &Path, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        Error::MissingBlob { path: path.into() }
+fn shrank(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        std::io::Error::new(e.kind(), "blob shrank while it was being read")
     } else {
-        Error::Io {
-            path: path.into(),
-            source: e,
-        }
+        e
     }
 }
 
@@ -265,7 +379,7 @@ mod tests {
         ] {
             let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
             let p = write(dir.path(), &format!("b{n}"), &encrypt_padded(&key, &data));
-            let r = BlobReader::encrypted(&p, &key).unwrap();
+            let mut r = BlobReader::encrypted(&p, &key).unwrap();
             assert_eq!(r.len(), n as u64);
             assert!(r.padding_ok());
             let mut out = Vec::new();
@@ -338,5 +452,68 @@ mod tests {
         assert!(matches!(e, Error::MissingBlob { .. }));
         let p = write(dir.path(), "empty", b"");
         assert_eq!(BlobReader::encrypted(&p, &key).unwrap().len(), 0);
+    }
+
+    /// The digest is of the stored bytes, padding block included, whatever the read sizes;
+    /// a non-strict reader reports a mismatch, a strict one fails its final read.
+    #[test]
+    fn digest_is_checked_while_streaming() {
+        use sha1::{Digest, Sha1};
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key256::random();
+        for n in [0usize, 1, 16, 31, CHUNK, CHUNK + 3] {
+            let data: Vec<u8> = (0..n).map(|i| (i % 249) as u8).collect();
+            let ct = encrypt_padded(&key, &data);
+            let good = Sha1::digest(&ct);
+            for (name, bytes) in [("e", ct.clone()), ("p", data.clone())] {
+                let p = write(dir.path(), &format!("{name}{n}"), &bytes);
+                let open = || {
+                    if name == "e" {
+                        BlobReader::encrypted(&p, &key).unwrap()
+                    } else {
+                        BlobReader::plain(&p).unwrap()
+                    }
+                };
+                let right = Sha1::digest(&bytes);
+                assert!(name == "p" || right == good);
+                // Matching, read through `Read` with a buffer of exactly the plaintext size.
+                let mut r = open().check_digest(&right, true);
+                let mut out = vec![0u8; n];
+                let mut got = 0;
+                loop {
+                    let k = r.read(&mut out[got..]).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    got += k;
+                    if got == n {
+                        assert_eq!(r.read(&mut [0u8; 32]).unwrap(), 0);
+                        break;
+                    }
+                }
+                assert!(
+                    r.digest_verified() && r.digest_mismatch().is_none(),
+                    "{name}{n}"
+                );
+                // Not matching: reported, or (strict) the final read fails.
+                let mut wrong = right.to_vec();
+                wrong[0] ^= 1;
+                let mut r = open().check_digest(&wrong, false);
+                assert_eq!(r.copy_to(&mut Vec::new()).unwrap(), n as u64);
+                let m = r.digest_mismatch().expect("mismatch reported");
+                assert_eq!(m.actual, hex::encode(right));
+                let e = open()
+                    .check_digest(&wrong, true)
+                    .copy_to(&mut Vec::new())
+                    .unwrap_err();
+                assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+                let mut sink = Vec::new();
+                let e = open()
+                    .check_digest(&wrong, true)
+                    .read_to_end(&mut sink)
+                    .unwrap_err();
+                assert!(digest_mismatch_in(&e).is_some(), "{e}");
+            }
+        }
     }
 }

@@ -81,23 +81,33 @@ pub fn decrypt_backup(
             if rec.kind() == RecordKind::File {
                 file.encryption_key = None;
                 let dest = layout::blob_path(&dir, &rec.file_id).expect("valid fileID");
-                let res = (|| -> Result<(u64, [u8; 20], bool)> {
-                    let parent = dest.parent().expect("xx folder");
-                    std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-                    let mut tmp =
-                        tempfile::NamedTempFile::new_in(parent).map_err(Error::io(parent))?;
-                    // copy_to writes 1 MiB chunks; no extra buffering needed.
-                    let mut w = HashingWriter {
-                        inner: tmp.as_file_mut(),
-                        sha1: Sha1::new(),
-                    };
-                    let rep = backup.copy_file(rec, &mut w)?;
-                    let digest: [u8; 20] = w.sha1.finalize().into();
-                    tmp.persist(&dest).map_err(|e| Error::io(&dest)(e.error))?;
-                    Ok((rep.bytes, digest, rep.padding_ok))
-                })();
+                let res =
+                    (|| -> Result<(u64, [u8; 20], bool, Option<crate::blob::DigestMismatch>)> {
+                        let parent = dest.parent().expect("xx folder");
+                        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+                        let mut tmp =
+                            tempfile::NamedTempFile::new_in(parent).map_err(Error::io(parent))?;
+                        // copy_to writes 1 MiB chunks; no extra buffering needed.
+                        let mut w = HashingWriter {
+                            inner: tmp.as_file_mut(),
+                            sha1: Sha1::new(),
+                        };
+                        let rep = backup.copy_file(rec, &mut w)?;
+                        let digest: [u8; 20] = w.sha1.finalize().into();
+                        tmp.persist(&dest).map_err(|e| Error::io(&dest)(e.error))?;
+                        Ok((rep.bytes, digest, rep.padding_ok, rep.digest_mismatch))
+                    })();
                 match res {
-                    Ok((n, digest, padding_ok)) => {
+                    Ok((n, digest, padding_ok, mismatch)) => {
+                        // Kept (as with bad padding), reported; the copy's Digest is of
+                        // what was written, so the decrypted backup is self-consistent.
+                        if let Some(m) = mismatch {
+                            push(
+                                rec.display_path(),
+                                ProblemKind::DigestMismatch,
+                                m.to_string(),
+                            );
+                        }
                         written = Some(n);
                         if file.digest.is_some() {
                             file.digest = Some(digest.to_vec());
@@ -161,8 +171,8 @@ pub fn decrypt_backup(
     // Status.plist last: it is what says the backup is complete.
     for name in [INFO_PLIST, STATUS_PLIST] {
         let src = backup.root().join(name);
-        if src.is_file() {
-            let bytes = std::fs::read(&src).map_err(Error::io(&src))?;
+        if std::fs::symlink_metadata(&src).is_ok() {
+            let bytes = crate::safe_fs::read_regular(&src, crate::plists::MAX_PLIST_BYTES)?;
             staging.write(name, &bytes)?;
         }
     }

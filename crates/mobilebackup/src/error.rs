@@ -63,6 +63,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A blob whose SHA-1 differs from the record's `Digest`: it changed after the backup
+    /// was made (a real device refuses to restore it).
+    #[error("{path}: SHA-1 {actual} differs from the recorded Digest {expected} (changed after the backup)")]
+    DigestMismatch {
+        /// The blob.
+        path: PathBuf,
+        /// The recorded `Digest`, hex.
+        expected: String,
+        /// The blob's SHA-1, hex.
+        actual: String,
+    },
     /// A record whose domain, path or fileID is unsafe or invalid.
     #[error("record {domain}/{relative_path}: {reason}")]
     BadRecord {

@@ -87,6 +87,7 @@ impl Report {
 pub fn classify(e: &Error) -> ProblemKind {
     match e {
         Error::MissingBlob { .. } => ProblemKind::Missing,
+        Error::DigestMismatch { .. } => ProblemKind::DigestMismatch,
         Error::BadRecord { .. } => ProblemKind::BadRecord,
         Error::Crypto {
             source:
@@ -141,6 +142,13 @@ fn write_file(backup: &Backup, rec: &Record, dest: &Path) -> Result<(u64, Vec<Pr
         .map_err(Error::io(parent))?;
     let report = backup.copy_file(rec, tmp.as_file_mut())?;
     let mut warnings = Vec::new();
+    if let Some(m) = &report.digest_mismatch {
+        warnings.push(Problem {
+            path: rec.display_path(),
+            kind: ProblemKind::DigestMismatch,
+            message: format!("{m}; kept the {} bytes it holds", report.bytes),
+        });
+    }
     if !report.padding_ok {
         warnings.push(Problem {
             path: rec.display_path(),

@@ -83,20 +83,34 @@ struct FileResult {
 /// Presence and key availability only.
 fn shallow(backup: &Backup, rec: &Record) -> FileResult {
     let mut out = FileResult::default();
-    let path = match backup.blob_path(rec) {
+    let path = match backup.checked_blob_path(rec) {
         Ok(p) => p,
         Err(e) => {
             out.problems.push(from_error(rec, &e));
             return out;
         }
     };
-    if std::fs::symlink_metadata(&path).is_err() {
-        out.problems.push(problem(
-            rec,
-            IntegrityKind::Missing,
-            format!("{}: blob missing", path.display()),
-        ));
-        return out;
+    match std::fs::symlink_metadata(&path) {
+        Err(_) => {
+            out.problems.push(problem(
+                rec,
+                IntegrityKind::Missing,
+                format!("{}: blob missing", path.display()),
+            ));
+            return out;
+        }
+        Ok(m) if !m.file_type().is_file() => {
+            out.problems.push(problem(
+                rec,
+                IntegrityKind::Damaged,
+                format!(
+                    "{}: not a regular file (symlink, folder, FIFO or device)",
+                    path.display()
+                ),
+            ));
+            return out;
+        }
+        Ok(_) => {}
     }
     if let Some(keys) = backup.keys() {
         if let Err(e) = keys.key(rec.protection_class()) {
@@ -110,7 +124,7 @@ fn shallow(backup: &Backup, rec: &Record) -> FileResult {
 /// Reads the whole blob (SHA-1 against `Digest`), then checks padding and size.
 fn deep(backup: &Backup, rec: &Record, bytes: &AtomicU64) -> FileResult {
     let mut out = FileResult::default();
-    let path = match backup.blob_path(rec) {
+    let path = match backup.checked_blob_path(rec) {
         Ok(p) => p,
         Err(e) => {
             out.problems.push(from_error(rec, &e));
@@ -122,22 +136,10 @@ fn deep(backup: &Backup, rec: &Record, bytes: &AtomicU64) -> FileResult {
         .as_ref()
         .and_then(|f| f.digest.as_deref())
         .filter(|d| d.len() == 20);
-    let mut file = match std::fs::File::open(&path) {
+    let mut file = match crate::safe_fs::open_regular(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            out.problems.push(problem(
-                rec,
-                IntegrityKind::Missing,
-                format!("{}: blob missing", path.display()),
-            ));
-            return out;
-        }
         Err(e) => {
-            out.problems.push(problem(
-                rec,
-                IntegrityKind::Damaged,
-                format!("{}: cannot read: {e}", path.display()),
-            ));
+            out.problems.push(from_error(rec, &e));
             return out;
         }
     };

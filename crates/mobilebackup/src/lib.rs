@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod blob;
 pub mod bplist_guard;
+pub mod catalog;
 pub mod decrypt;
 mod error;
 pub mod extract;
@@ -23,10 +24,12 @@ pub mod mbfile;
 pub mod passwd;
 pub mod plists;
 mod reader;
+pub mod safe_fs;
 pub mod staging;
 pub mod update;
 pub mod writer;
 
+pub use catalog::catalog_from_db_bytes;
 pub use error::{Error, Result};
 pub use reader::{
     Backup, Catalog, Credentials, FileReport, Record, RecordKind, Secret, MAX_MANIFEST_DB_BYTES,

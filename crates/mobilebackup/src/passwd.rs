@@ -31,6 +31,8 @@ use dataprotection::{Keybag, Passkey};
 use sha2::{Digest, Sha256};
 
 use crate::layout::MANIFEST_PLIST;
+use crate::plists::MAX_PLIST_BYTES;
+use crate::safe_fs::read_regular;
 use crate::{Backup, Catalog, Credentials, Error, RecordKind, Result, Secret};
 
 /// The copy of the previous `Manifest.plist` kept while the new one is checked.
@@ -138,8 +140,8 @@ pub fn check_leftover(dir: &Path) -> Result<bool> {
         ));
     }
     let plist = dir.join(MANIFEST_PLIST);
-    let current = std::fs::read(&plist).map_err(Error::io(&plist))?;
-    let previous = std::fs::read(&bak).map_err(Error::io(&bak))?;
+    let current = read_regular(&plist, MAX_PLIST_BYTES)?;
+    let previous = read_regular(&bak, MAX_PLIST_BYTES)?;
     if current == previous {
         return Ok(true);
     }
@@ -245,7 +247,7 @@ impl PasswordChange {
             Err(e) => return Err(Error::io(&plist_path)(e)),
         }
         let replaced_leftover = check_leftover(&root)?;
-        let old_plist = std::fs::read(&plist_path).map_err(Error::io(&plist_path))?;
+        let old_plist = read_regular(&plist_path, MAX_PLIST_BYTES)?;
         let old_passkey = match &old.secret {
             Secret::Password(pw) => backup.derive_passkey(pw, &old.limits)?,
             Secret::Passkey(pk) => pk.clone(),
@@ -273,7 +275,7 @@ impl PasswordChange {
             .to_writer_binary(&mut new_plist)
             .map_err(|e| Error::malformed(&plist_path, format!("encoding: {e}")))?;
         // The file must not have changed while we read it (a backup in progress?).
-        let again = std::fs::read(&plist_path).map_err(Error::io(&plist_path))?;
+        let again = read_regular(&plist_path, MAX_PLIST_BYTES)?;
         if again != old_plist {
             return Err(failure(
                 &plist_path,
@@ -311,7 +313,7 @@ impl PasswordChange {
         let plist_path = dir.join(MANIFEST_PLIST);
         let bak_path = dir.join(MANIFEST_PLIST_BAK);
         check_leftover(dir)?;
-        let current = std::fs::read(&plist_path).map_err(Error::io(&plist_path))?;
+        let current = read_regular(&plist_path, MAX_PLIST_BYTES)?;
         if current != self.old_plist {
             return Err(failure(
                 &plist_path,
@@ -377,7 +379,7 @@ impl PasswordChange {
     fn verify(&self) -> Result<()> {
         let plist_path = self.root.join(MANIFEST_PLIST);
         let bad = |what: &str| failure(&plist_path, what.to_string());
-        let on_disk = std::fs::read(&plist_path).map_err(Error::io(&plist_path))?;
+        let on_disk = read_regular(&plist_path, MAX_PLIST_BYTES)?;
         if on_disk != self.new_plist {
             return Err(bad("does not read back as written"));
         }

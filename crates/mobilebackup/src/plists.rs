@@ -12,19 +12,12 @@ use crate::{Error, Result};
 pub const MAX_PLIST_BYTES: u64 = 256 << 20;
 
 /// Reads a plist file (XML or binary) that must be a dictionary, with a size cap.
+/// It must be a regular file (not a symlink, FIFO or folder: [`crate::safe_fs`]).
 pub fn read_dict(path: &Path) -> Result<Dictionary> {
-    let meta = std::fs::metadata(path).map_err(Error::io(path))?;
-    if meta.len() > MAX_PLIST_BYTES {
-        return Err(Error::malformed(
-            path,
-            format!(
-                "{} bytes is larger than the {} MiB cap",
-                meta.len(),
-                MAX_PLIST_BYTES >> 20
-            ),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let bytes = crate::safe_fs::read_regular(path, MAX_PLIST_BYTES).map_err(|e| match e {
+        Error::DamagedBlob { path, reason } => Error::Malformed { path, reason },
+        e => e,
+    })?;
     crate::bplist_guard::check(&bytes).map_err(|e| Error::malformed(path, e))?;
     match Value::from_reader(std::io::Cursor::new(bytes)) {
         Ok(Value::Dictionary(d)) => Ok(d),

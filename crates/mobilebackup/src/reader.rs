@@ -4,21 +4,21 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dataprotection::{DeviceKey, KdfLimits, Keybag, Passkey, ProtectionClass, UnlockedKeybag};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use zeroize::Zeroizing;
 
 use crate::blob::BlobReader;
+use crate::catalog::{self, SQLITE_MAGIC};
 use crate::layout::{
     self, FLAG_DIR, FLAG_FILE, FLAG_SYMLINK, INFO_PLIST, MANIFEST_DB, MANIFEST_PLIST, STATUS_PLIST,
 };
-use crate::mbfile::{self, MbFile};
+use crate::mbfile::MbFile;
 use crate::plists::{read_dict, DeviceInfo, InfoPlist, ManifestPlist, StatusPlist};
+use crate::safe_fs::open_regular;
 use crate::{Error, Result};
 
 /// Largest `Manifest.db` loaded into memory (real ones are up to a few hundred MB).
 pub const MAX_MANIFEST_DB_BYTES: u64 = 4 << 30;
-
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 /// What unlocks an encrypted backup.
 pub enum Secret {
@@ -140,6 +140,8 @@ pub struct FileReport {
     pub recorded_size: u64,
     /// False when PKCS7 padding was invalid (all decrypted bytes were kept).
     pub padding_ok: bool,
+    /// The blob's SHA-1 against the record's `Digest`, when it has one and they differ.
+    pub digest_mismatch: Option<crate::blob::DigestMismatch>,
 }
 
 impl FileReport {
@@ -194,37 +196,48 @@ impl Backup {
         }
         let db = root.join(MANIFEST_DB);
         let mplist = root.join(MANIFEST_PLIST);
-        if !db.is_file() {
-            if root.join("Manifest.mbdb").is_file() {
-                return Err(Error::Unsupported {
-                    path: root.join("Manifest.mbdb"),
-                    reason: "backups made by iOS 9 and earlier (Manifest.mbdb) are not supported"
-                        .into(),
+        // Every top-level file must be a regular file: a symlink could read a file from
+        // elsewhere (another backup's Manifest.db), a FIFO would block forever.
+        let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let mut db_file = match open_regular(&db) {
+            Ok(f) => f,
+            Err(Error::MissingBlob { .. }) => {
+                if present(&root.join("Manifest.mbdb")) {
+                    return Err(Error::Unsupported {
+                        path: root.join("Manifest.mbdb"),
+                        reason:
+                            "backups made by iOS 9 and earlier (Manifest.mbdb) are not supported"
+                                .into(),
+                    });
+                }
+                let reason = if present(&mplist) {
+                    "Manifest.db is missing (an iCloud download or an unfinished backup?)"
+                } else {
+                    "no Manifest.db or Manifest.plist here"
+                };
+                return Err(Error::NotABackup {
+                    path: root,
+                    reason: reason.into(),
                 });
             }
-            let reason = if mplist.is_file() {
-                "Manifest.db is missing (an iCloud download or an unfinished backup?)"
-            } else {
-                "no Manifest.db or Manifest.plist here"
-            };
-            return Err(Error::NotABackup {
-                path: root,
-                reason: reason.into(),
-            });
-        }
-        let manifest = if mplist.is_file() {
+            Err(Error::DamagedBlob { path, reason }) => {
+                return Err(Error::Malformed { path, reason })
+            }
+            Err(e) => return Err(e),
+        };
+        let manifest = if present(&mplist) {
             Some(ManifestPlist::from_dict(&mplist, read_dict(&mplist)?)?)
         } else {
             None
         };
         let info_path = root.join(INFO_PLIST);
-        let info = if info_path.is_file() {
+        let info = if present(&info_path) {
             Some(InfoPlist::from_dict(read_dict(&info_path)?))
         } else {
             None
         };
         let status_path = root.join(STATUS_PLIST);
-        let status = if status_path.is_file() {
+        let status = if present(&status_path) {
             Some(StatusPlist::from_dict(&read_dict(&status_path)?))
         } else {
             None
@@ -238,10 +251,11 @@ impl Backup {
         };
         // Trust the data over the flag: an encrypted Manifest.db does not start with SQLite's magic.
         let mut head = [0u8; 16];
-        let db_plain = std::fs::File::open(&db)
-            .and_then(|mut f| f.read_exact(&mut head))
+        let db_plain = db_file
+            .read_exact(&mut head)
             .map(|_| &head == SQLITE_MAGIC)
             .unwrap_or(false);
+        drop(db_file);
         let flagged = manifest.as_ref().and_then(|m| m.is_encrypted);
         let encrypted = match (flagged, db_plain) {
             (_, false) => true,
@@ -407,123 +421,72 @@ impl Backup {
     /// A reader over `Manifest.db`'s plaintext (decrypted in memory when encrypted).
     pub fn manifest_db_reader(&self) -> Result<BlobReader> {
         let path = self.root.join(MANIFEST_DB);
-        let len = std::fs::metadata(&path).map_err(Error::io(&path))?.len();
-        if len > MAX_MANIFEST_DB_BYTES {
+        let reader = if self.encrypted {
+            let keys = self.require_keys()?;
+            let mk = self
+                .manifest
+                .as_ref()
+                .and_then(|m| m.manifest_key.as_ref())
+                .expect("checked in open");
+            // The password was right (the keybag unlocked): a ManifestKey that does not
+            // unwrap is a malformed Manifest.plist, whatever the cause.
+            let dbkey = keys.unwrap_persistent(mk).map_err(|e| {
+                let class = mk
+                    .get(..4)
+                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) & 0xf_ffff);
+                Error::malformed(
+                    self.manifest_plist_path(),
+                    format!(
+                        "ManifestKey (class {}) does not unwrap: {e}",
+                        class.map_or_else(|| "?".into(), |c| c.to_string())
+                    ),
+                )
+            })?;
+            // Without valid padding (tools that re-encrypt without it, spec P18) the whole
+            // length is read; the loader takes whole pages only, so SQLite never sees junk.
+            BlobReader::encrypted(&path, &dbkey)
+        } else {
+            BlobReader::plain(&path)
+        }
+        .map_err(|e| match e {
+            Error::DamagedBlob { path, reason } => Error::Malformed { path, reason },
+            e => e,
+        })?;
+        if reader.len() > MAX_MANIFEST_DB_BYTES {
             return Err(Error::malformed(
                 &path,
                 format!(
-                    "{len} bytes is beyond the {} GiB cap",
+                    "{} bytes is beyond the {} GiB cap",
+                    reader.len(),
                     MAX_MANIFEST_DB_BYTES >> 30
                 ),
             ));
         }
-        if !self.encrypted {
-            return BlobReader::plain(&path);
-        }
-        let keys = self.require_keys()?;
-        let mk = self
-            .manifest
-            .as_ref()
-            .and_then(|m| m.manifest_key.as_ref())
-            .expect("checked in open");
-        let dbkey = keys.unwrap_persistent(mk).map_err(|e| Error::Crypto {
-            path: self.manifest_plist_path(),
-            source: e,
-        })?;
-        // Without valid padding (tools that re-encrypt without it, spec P18) the whole
-        // length is read; `manifest_db` loads whole pages only, so SQLite never sees junk.
-        let reader = BlobReader::encrypted(&path, &dbkey).map_err(|e| match e {
-            Error::DamagedBlob { path, reason } => Error::Malformed { path, reason },
-            e => e,
-        })?;
         Ok(reader)
     }
 
-    /// Loads `Manifest.db` into an in-memory SQLite connection: plaintext never touches the disk.
+    /// Loads `Manifest.db` into a fenced in-memory SQLite connection: plaintext never
+    /// touches the disk, and a hostile schema or runaway query is refused (see
+    /// [`crate::catalog`]).
     pub fn manifest_db(&self) -> Result<Connection> {
         let path = self.root.join(MANIFEST_DB);
-        let mut reader = self.manifest_db_reader()?;
-        let mut head = [0u8; 100];
-        let mut check = self.manifest_db_reader()?;
-        if check.read_exact(&mut head).is_err() || &head[..16] != SQLITE_MAGIC {
-            let why = if self.encrypted {
-                "did not decrypt to a SQLite database (damaged, or ManifestKey does not match)"
-            } else {
-                "is not a SQLite database"
-            };
-            return Err(Error::malformed(&path, format!("Manifest.db {why}")));
-        }
-        // SQLite's in-memory VFS rejects a trailing partial page, and Apple's
-        // Manifest.db of an unencrypted backup keeps the 16-byte padding block
-        // (spec §5.3): load whole pages only. Page size 1 means 65536.
-        let page = match u16::from_be_bytes([head[16], head[17]]) {
-            1 => 65536,
-            p => p as usize,
-        };
-        if page < 512 || !page.is_power_of_two() {
-            return Err(Error::malformed(
-                &path,
-                format!("Manifest.db has an invalid page size {page}"),
-            ));
-        }
-        let len = reader.len() as usize / page * page;
-        let mut conn = Connection::open_with_flags(
-            ":memory:",
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| Error::malformed(&path, format!("SQLite: {e}")))?;
-        // A WAL-mode header (bytes 18–19 = 2, as in real iOS 14 backups) cannot be
-        // opened from memory; mark it rollback-journal in our copy only.
-        let mut first = [0u8; 100];
-        reader.read_exact(&mut first).map_err(Error::io(&path))?;
-        first[18] = 1;
-        first[19] = 1;
-        let stream = std::io::Cursor::new(first).chain(reader);
-        conn.deserialize_read_exact(rusqlite::MAIN_DB, stream, len, true)
-            .map_err(|e| Error::malformed(&path, format!("cannot load Manifest.db: {e}")))?;
-        Ok(conn)
+        let reader = self.manifest_db_reader()?;
+        let len = reader.len();
+        catalog::load(&path, reader, len).map_err(|e| match e {
+            Error::Malformed { path, reason } if self.encrypted && reason.ends_with("not a SQLite database") => {
+                Error::Malformed {
+                    path,
+                    reason: "Manifest.db did not decrypt to a SQLite database (damaged, or ManifestKey does not match)".into(),
+                }
+            }
+            e => e,
+        })
     }
 
     /// Reads every row of `Manifest.db`. Rows that fail to decode are kept with a `problem`.
     pub fn catalog(&self) -> Result<Catalog> {
-        let path = self.root.join(MANIFEST_DB);
         let conn = self.manifest_db()?;
-        let sql_err =
-            |e: rusqlite::Error| Error::malformed(&path, format!("Manifest.db is corrupt: {e}"));
-        let mut stmt = conn
-            .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY domain, relativePath")
-            .map_err(sql_err)?;
-        let mut rows = stmt.query([]).map_err(sql_err)?;
-        let mut cat = Catalog::default();
-        while let Some(row) = rows.next().map_err(sql_err)? {
-            let file_id: Option<String> = row.get(0).ok();
-            let domain: Option<String> = row.get(1).ok();
-            let rel: Option<String> = row.get(2).ok();
-            let flags: Option<i64> = row.get(3).ok();
-            let blob: Option<Vec<u8>> = row.get(4).ok();
-            let (Some(file_id), Some(domain), Some(relative_path), Some(flags)) =
-                (file_id.clone(), domain, rel, flags)
-            else {
-                cat.skipped.push(format!(
-                    "row with fileID {:?} has NULL or non-text columns",
-                    file_id.unwrap_or_default()
-                ));
-                continue;
-            };
-            let mut rec = Record {
-                file_id,
-                domain,
-                relative_path,
-                flags,
-                file: None,
-                problem: None,
-                raw: Vec::new(),
-            };
-            rec.problem = check_record(&mut rec, blob.as_deref());
-            rec.raw = blob.unwrap_or_default();
-            cat.records.push(rec);
-        }
-        Ok(cat)
+        catalog::read(&conn, &self.root.join(MANIFEST_DB))
     }
 
     /// Where a record's blob lives; an error for records that cannot have one.
@@ -532,7 +495,23 @@ impl Backup {
             .ok_or_else(|| rec.bad("fileID is not 40 hex digits"))
     }
 
-    /// Opens a regular file's plaintext as a stream.
+    /// [`Backup::blob_path`], refusing a shard folder (`xx/`) that is not a real folder: a
+    /// symlinked one could lead into another backup.
+    pub fn checked_blob_path(&self, rec: &Record) -> Result<PathBuf> {
+        let path = self.blob_path(rec)?;
+        let shard = path.parent().expect("root/xx/id");
+        match std::fs::symlink_metadata(shard) {
+            Ok(m) if !m.is_dir() => Err(Error::DamagedBlob {
+                path: shard.into(),
+                reason: "the blob's folder is not a folder (a symlink?); not followed".into(),
+            }),
+            _ => Ok(path),
+        }
+    }
+
+    /// Opens a regular file's plaintext as a stream. When the record has a `Digest`, the
+    /// reader checks the stored bytes against it as they stream (reported, not an error:
+    /// [`BlobReader::digest_mismatch`]; see [`BlobReader::check_digest`] for strict mode).
     pub fn open_file(&self, rec: &Record) -> Result<BlobReader> {
         if rec.kind() != RecordKind::File {
             return Err(rec.bad(format!("is a {}, not a file", rec.kind().name())));
@@ -540,66 +519,38 @@ impl Backup {
         if let Some(p) = &rec.problem {
             return Err(rec.bad(p.clone()));
         }
-        let path = self.blob_path(rec)?;
-        if !self.encrypted {
-            return BlobReader::plain(&path);
-        }
-        let keys = self.require_keys()?;
-        let wrapped = rec
-            .file
-            .as_ref()
-            .and_then(|f| f.encryption_key.as_ref())
-            .ok_or_else(|| rec.bad("no EncryptionKey in an encrypted backup"))?;
-        let key = keys.unwrap_persistent(wrapped).map_err(|e| Error::Crypto {
-            path: path.clone(),
-            source: e,
-        })?;
-        BlobReader::encrypted(&path, &key)
+        let path = self.checked_blob_path(rec)?;
+        let reader = if !self.encrypted {
+            BlobReader::plain(&path)?
+        } else {
+            let keys = self.require_keys()?;
+            let wrapped = rec
+                .file
+                .as_ref()
+                .and_then(|f| f.encryption_key.as_ref())
+                .ok_or_else(|| rec.bad("no EncryptionKey in an encrypted backup"))?;
+            let key = keys.unwrap_persistent(wrapped).map_err(|e| Error::Crypto {
+                path: path.clone(),
+                source: e,
+            })?;
+            BlobReader::encrypted(&path, &key)?
+        };
+        Ok(match rec.file.as_ref().and_then(|f| f.digest.as_deref()) {
+            Some(d) => reader.check_digest(d, false),
+            None => reader,
+        })
     }
 
     /// Streams a regular file's plaintext into `w`.
     pub fn copy_file(&self, rec: &Record, w: &mut dyn std::io::Write) -> Result<FileReport> {
-        let reader = self.open_file(rec)?;
+        let mut reader = self.open_file(rec)?;
         let padding_ok = reader.padding_ok();
         let bytes = reader.copy_to(w)?;
         Ok(FileReport {
             bytes,
             recorded_size: rec.size(),
             padding_ok,
+            digest_mismatch: reader.digest_mismatch().cloned(),
         })
-    }
-}
-
-/// Validates a row and decodes its MBFile; returns the problem, if any.
-fn check_record(rec: &mut Record, blob: Option<&[u8]>) -> Option<String> {
-    if let Err(e) = layout::check_domain(&rec.domain) {
-        return Some(format!("unsafe domain: {e}"));
-    }
-    if let Err(e) = layout::check_relative_path(&rec.relative_path) {
-        return Some(format!("unsafe relativePath: {e}"));
-    }
-    if !layout::is_valid_file_id(&rec.file_id) {
-        return Some(format!(
-            "fileID {:?} is not 40 lowercase hex digits",
-            rec.file_id.escape_debug().to_string()
-        ));
-    }
-    let Some(blob) = blob else {
-        return Some("no MBFile (file column is NULL)".into());
-    };
-    match mbfile::decode(blob) {
-        Ok(f) => {
-            let problem = if f.relative_path != rec.relative_path {
-                Some(format!(
-                    "MBFile RelativePath {:?} differs from the row's",
-                    f.relative_path
-                ))
-            } else {
-                None
-            };
-            rec.file = Some(f);
-            problem
-        }
-        Err(e) => Some(format!("MBFile does not decode: {e}")),
     }
 }
