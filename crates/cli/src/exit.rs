@@ -62,6 +62,7 @@ fn for_dataprotection(e: &dataprotection::Error) -> u8 {
         E::KeybagTruncated { .. }
         | E::KeybagBadTag { .. }
         | E::KeybagBadLength { .. }
+        | E::KeybagBadClass { .. }
         | E::KeybagMissing(_)
         | E::KdfTooExpensive { .. }
         | E::KdfInvalid(_)
@@ -76,7 +77,10 @@ fn for_backup(e: &mobilebackup::Error) -> u8 {
         E::NotABackup { .. } | E::Unsupported { .. } | E::Malformed { .. } => FORMAT,
         E::WrongPassword { .. } => WRONG_KEY,
         E::Crypto { source, .. } => for_dataprotection(source),
-        E::MissingBlob { .. } | E::DamagedBlob { .. } | E::BadRecord { .. } => DAMAGE,
+        E::MissingBlob { .. }
+        | E::DamagedBlob { .. }
+        | E::DigestMismatch { .. }
+        | E::BadRecord { .. } => DAMAGE,
         _ => OTHER,
     }
 }

@@ -35,6 +35,18 @@ pub enum Error {
         /// What the format requires.
         expected: &'static str,
     },
+    /// A class record is malformed: a class given twice, a `WPKY` of the wrong length.
+    #[error("keybag class record at byte {offset} (class {class}): {field} {reason}")]
+    KeybagBadClass {
+        /// Byte offset of the record.
+        offset: usize,
+        /// Its class (high bits masked).
+        class: u32,
+        /// The field at fault (`CLAS`, `WPKY`).
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// A field the operation needs is absent.
     #[error("keybag has no {0}")]
     KeybagMissing(&'static str),

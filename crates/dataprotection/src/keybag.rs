@@ -159,7 +159,7 @@ impl PartialClass {
             len: 0,
             expected: "present in every class record",
         };
-        Ok(ClassKeyRecord {
+        let rec = ClassKeyRecord {
             uuid: self.uuid,
             class_raw: self.class_raw.ok_or_else(|| at("CLAS".into()))?,
             wrap: self.wrap.unwrap_or(0),
@@ -167,7 +167,27 @@ impl PartialClass {
             wpky: self.wpky.ok_or_else(|| at("WPKY".into()))?,
             pbky: self.pbky,
             extra: self.extra,
-        })
+        };
+        // An AES class key is 32 bytes, 40 once RFC 3394-wrapped; a password-wrapped one
+        // must be wrapped. (Asymmetric records are left to whoever opens them.)
+        let n = rec.wpky.len();
+        let wrapped_needed = rec.wrap & WRAP_PASSCODE != 0;
+        if rec.ktyp.unwrap_or(0) == 0 && (n != 40 && (wrapped_needed || n != 32)) {
+            return Err(Error::KeybagBadClass {
+                offset: self.offset,
+                class: rec.class().0,
+                field: "WPKY",
+                reason: format!(
+                    "has {n} bytes; a class key is 40 bytes wrapped{}",
+                    if wrapped_needed {
+                        ""
+                    } else {
+                        " or 32 bytes bare"
+                    }
+                ),
+            });
+        }
+        Ok(rec)
     }
 }
 
@@ -176,6 +196,8 @@ impl Keybag {
     pub fn parse(data: &[u8]) -> Result<Self> {
         let mut kb = Keybag::default();
         let mut current: Option<PartialClass> = None;
+        // Byte offset of each class record, for messages.
+        let mut offsets = Vec::new();
         let mut off = 0usize;
         while off < data.len() {
             if data.len() - off < 8 {
@@ -205,6 +227,7 @@ impl Keybag {
                 || (class_tag && current.is_none());
             if new_class {
                 if let Some(done) = current.take() {
+                    offsets.push(done.offset);
                     kb.classes.push(done.finish()?);
                 }
                 current = Some(PartialClass {
@@ -239,7 +262,24 @@ impl Keybag {
             off = start + len;
         }
         if let Some(done) = current.take() {
+            offsets.push(done.offset);
             kb.classes.push(done.finish()?);
+        }
+        for (i, rec) in kb.classes.iter().enumerate() {
+            if let Some(first) = kb.classes[..i]
+                .iter()
+                .position(|r| r.class() == rec.class())
+            {
+                return Err(Error::KeybagBadClass {
+                    offset: offsets[i],
+                    class: rec.class().0,
+                    field: "CLAS",
+                    reason: format!(
+                        "appears twice (first in the record at byte {}); which key is the class's is ambiguous",
+                        offsets[first]
+                    ),
+                });
+            }
         }
         if kb.uuid.is_none() && kb.classes.is_empty() {
             return Err(Error::KeybagMissing("records (empty keybag)"));
@@ -866,6 +906,51 @@ mod tests {
             .to_string()
             .contains("duplicate"));
         assert!(matches!(Keybag::parse(&[]), Err(Error::KeybagMissing(_))));
+        // A class given twice, and a WPKY of 41 bytes: format errors naming the field.
+        let class = |c: u32, wpky: &[u8]| {
+            [
+                rec(b"UUID", &[c as u8; 16]),
+                rec(b"CLAS", &c.to_be_bytes()),
+                rec(b"WRAP", &2u32.to_be_bytes()),
+                rec(b"KTYP", &0u32.to_be_bytes()),
+                rec(b"WPKY", wpky),
+            ]
+            .concat()
+        };
+        let head = [rec(b"VERS", &[0, 0, 0, 3]), rec(b"UUID", &[9; 16])].concat();
+        let twice = [head.clone(), class(3, &[1; 40]), class(3 | 0x20, &[2; 40])].concat();
+        let e = Keybag::parse(&twice).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::KeybagBadClass {
+                    class: 3,
+                    field: "CLAS",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("appears twice"), "{e}");
+        let long = [head.clone(), class(1, &[1; 40]), class(2, &[2; 41])].concat();
+        let e = Keybag::parse(&long).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::KeybagBadClass {
+                    class: 2,
+                    field: "WPKY",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("41 bytes"), "{e}");
+        // A bare (unwrapped) key is 32 bytes; only password-wrapped ones must be 40.
+        let mut bare = class(4, &[4; 32]);
+        let at = bare.windows(4).position(|w| w == b"WRAP").unwrap();
+        bare[at + 8..at + 12].copy_from_slice(&0u32.to_be_bytes());
+        assert!(Keybag::parse(&[head.clone(), bare].concat()).is_ok());
         // Huge DPIC is refused before any work.
         let mut kb = Keybag::parse(&good).unwrap();
         kb.dpic = Some(4_000_000_000);
