@@ -96,6 +96,9 @@ struct Shared<'m, 'a, E> {
     queue: Mutex<std::iter::Enumerate<std::vec::IntoIter<OpenContent<'a, E>>>>,
     /// Blobs on disk so far; kept outside the workers so a panicking one loses none.
     done: Mutex<Vec<Written>>,
+    /// Items left out, with the failure `skip` accepted.
+    skipped: Mutex<Vec<(usize, E)>>,
+    skip: &'m (dyn Fn(&E) -> bool + Sync),
     /// The failure of the lowest item index: the one sequential puts would have reported.
     error: Mutex<Option<(usize, E)>>,
     failed: AtomicBool,
@@ -129,18 +132,36 @@ impl Device {
     where
         E: From<Error> + Send,
     {
+        let done = self.put_many_skipping(items, &|_| false)?;
+        Ok(done
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|_| unreachable!("nothing is skipped")))
+            .collect())
+    }
+
+    /// [`Device::put_many`], except that an item whose failure `skip` accepts (a damaged
+    /// source, typically: see [`Error::Source`]) is left out instead of failing the batch:
+    /// its result is that error, and the other items are stored. Any other failure is fatal
+    /// and undoes the whole batch, as in `put_many`.
+    pub fn put_many_skipping<E>(
+        &mut self,
+        items: Vec<PutItem<'_, E>>,
+        skip: &(dyn Fn(&E) -> bool + Sync),
+    ) -> Result<Vec<Result<u64, E>>, E>
+    where
+        E: From<Error> + Send,
+    {
         for it in &items {
             check(&it.domain, &it.path)?;
         }
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let n = items.len();
         let (meta, opens): (Vec<_>, Vec<_>) = items
             .into_iter()
             .map(|it| ((it.domain, it.path, it.opts), it.open))
             .unzip();
-        let mut written = self.write_blobs(&meta, opens)?;
+        let (mut written, skipped) = self.write_blobs(&meta, opens, skip)?;
         written.sort_by_key(|w| w.index);
         let replaced = match self.index_many(&meta, &written) {
             Ok(r) => r,
@@ -156,19 +177,27 @@ impl Device {
                 let _ = std::fs::remove_file(blob_path(&self.dir, &id));
             }
         }
-        let mut sizes = vec![0; n];
+        let mut out: Vec<Option<Result<u64, E>>> = (0..meta.len()).map(|_| None).collect();
         for w in &written {
-            sizes[w.index] = w.size;
+            out[w.index] = Some(Ok(w.size));
         }
-        Ok(sizes)
+        for (index, e) in skipped {
+            out[index] = Some(Err(e));
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every item was written or skipped"))
+            .collect())
     }
 
     /// Runs the workers; on failure removes every blob they wrote.
+    #[allow(clippy::type_complexity)]
     fn write_blobs<'a, E>(
         &self,
         items: &[(String, String, PutOptions)],
         opens: Vec<OpenContent<'a, E>>,
-    ) -> Result<Vec<Written>, E>
+        skip: &(dyn Fn(&E) -> bool + Sync),
+    ) -> Result<(Vec<Written>, Vec<(usize, E)>), E>
     where
         E: From<Error> + Send,
     {
@@ -181,6 +210,8 @@ impl Device {
             items,
             queue: Mutex::new(opens.into_iter().enumerate()),
             done: Mutex::new(Vec::new()),
+            skipped: Mutex::new(Vec::new()),
+            skip,
             error: Mutex::new(None),
             failed: AtomicBool::new(false),
         };
@@ -193,6 +224,10 @@ impl Device {
             joined.into_iter().find_map(|r| r.err())
         });
         let done = shared.done.into_inner().unwrap_or_else(|e| e.into_inner());
+        let skipped = shared
+            .skipped
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         let error = shared.error.into_inner().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = panic {
             remove_blobs(&self.dir, &done);
@@ -202,7 +237,7 @@ impl Device {
             remove_blobs(&self.dir, &done);
             return Err(e);
         }
-        Ok(done)
+        Ok((done, skipped))
     }
 
     /// One worker: takes items until the queue is empty or some item failed.
@@ -225,6 +260,7 @@ impl Device {
                     id,
                     size,
                 }),
+                Err(e) if (sh.skip)(&e) => lock(&sh.skipped).push((index, e)),
                 Err(e) => {
                     sh.failed.store(true, Ordering::Relaxed);
                     let mut slot = lock(&sh.error);
@@ -338,7 +374,12 @@ fn encrypt_chunks(
         let n = match data.read(&mut buf[filled..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(format!("<input for {domain}/{path}>"))(e)),
+            Err(e) => {
+                return Err(Error::Source {
+                    what: format!("content of {domain}/{path}"),
+                    source: e,
+                })
+            }
         };
         if n == 0 {
             break;

@@ -31,6 +31,16 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// Reading a file's content from its source (a backup's blob, a pipe) failed: the
+    /// source's fault, not the device's. A damaged backup blob carries its
+    /// [`mobilebackup::blob::DigestMismatch`] inside `source`.
+    #[error("{what}: {source}")]
+    Source {
+        /// Whose content (`content of DOMAIN/PATH`).
+        what: String,
+        /// The read error.
+        source: std::io::Error,
+    },
     /// A SQLite database (`store.db`, `keychain.db`) failed.
     #[error("{path}: database error: {source}")]
     Db {

@@ -258,11 +258,8 @@ fn a_failing_source_leaves_no_blob_and_no_row() {
     );
     let err = dev.put_many(items).unwrap_err();
     match &err {
-        Error::Io { path, source } => {
-            assert_eq!(
-                path.display().to_string(),
-                "<input for HomeDomain/Library/new/broken>"
-            );
+        Error::Source { what, source } => {
+            assert_eq!(what, "content of HomeDomain/Library/new/broken");
             assert_eq!(source.to_string(), "the source broke");
         }
         other => panic!("expected the source's I/O error, got {other:?}"),
