@@ -16,7 +16,8 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::backup::{class_name, describe_item, io_err, OpError, OpResult, Skip};
-use crate::restore::{backup_item, open_checked, sibling};
+use crate::restore::{backup_item, is_damage, sibling, source_damage};
+use crate::shape::{Fit, Shape};
 use crate::{Device, InitOptions, LockState};
 
 /// How to import.
@@ -32,6 +33,9 @@ pub struct ImportOptions {
     pub passcode: Option<Zeroizing<Vec<u8>>>,
     /// Passcode KDF iterations of the new device (`None` calibrates).
     pub passcode_iterations: Option<u32>,
+    /// Import a file without a `Digest` whose length differs from its record's `Size`
+    /// (by default it is skipped as damaged).
+    pub accept_size_mismatch: bool,
 }
 
 /// What an import did.
@@ -120,13 +124,15 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
         for app in apps {
             dev.install_app(app)?;
         }
-        let existing: std::collections::BTreeMap<(String, String), crate::EntryKind> = dev
-            .entries(None)?
-            .into_iter()
-            .map(|e| ((e.domain, e.path), e.kind))
-            .collect();
+        // The device's own folders (app containers) and every record taken so far: a record
+        // that does not fit (under a file, a path given twice) is skipped, not fatal.
+        let mut shape = Shape::new();
+        for e in dev.entries(None)? {
+            shape.existing(&e.domain, &e.path, &e.kind);
+        }
         // Regular files, written in one batch after the folders and symlinks.
         let mut files = Vec::new();
+        let mut file_records = Vec::new();
         for rec in &catalog.records {
             let what = rec.display_path();
             let skip = |reason: String| Skip {
@@ -142,40 +148,66 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
             if rec.domain == keychain::DOMAIN && rec.relative_path == keychain::RELATIVE_PATH {
                 continue;
             }
-            let present = existing.get(&(rec.domain.clone(), rec.relative_path.clone()));
+            if !rec.relative_path.is_empty() {
+                if let Err(e) = crate::store::check(&rec.domain, &rec.relative_path) {
+                    report.skipped.push(skip(e.to_string()));
+                    continue;
+                }
+            }
+            let fit = match shape.take(&rec.domain, &rec.relative_path, rec.kind()) {
+                Ok(fit) => fit,
+                Err(reason) => {
+                    report.skipped.push(skip(reason));
+                    continue;
+                }
+            };
             let f = rec.file.as_ref().expect("decoded");
+            // Device-side refusals of one record (a path it will not hold) skip that record.
+            let refused = |e: crate::Error| match e {
+                crate::Error::WrongKind { .. } | crate::Error::BadPath { .. } => Ok(e.to_string()),
+                e => Err(OpError::from(e)),
+            };
             match rec.kind() {
                 RecordKind::Directory => {
-                    if rec.relative_path.is_empty()
-                        || matches!(present, Some(crate::EntryKind::Directory))
-                    {
+                    if rec.relative_path.is_empty() || fit == Fit::ExistingFolder {
                         continue;
                     }
-                    dev.mkdir(&rec.domain, &rec.relative_path, f.mode & 0o7777)?;
-                    report.directories += 1;
+                    match dev.mkdir(&rec.domain, &rec.relative_path, f.mode & 0o7777) {
+                        Ok(()) => report.directories += 1,
+                        Err(e) => report.skipped.push(skip(refused(e)?)),
+                    }
                 }
                 RecordKind::Symlink => match &f.target {
-                    Some(t) => {
-                        dev.symlink(&rec.domain, &rec.relative_path, t)?;
-                        report.symlinks += 1;
-                    }
+                    Some(t) => match dev.symlink(&rec.domain, &rec.relative_path, t) {
+                        Ok(()) => report.symlinks += 1,
+                        Err(e) => report.skipped.push(skip(refused(e)?)),
+                    },
                     None => report.skipped.push(skip("symlink without a target".into())),
                 },
-                // Checked now, so a damaged blob is skipped rather than failing the batch;
-                // the batch opens it again when it writes it.
-                RecordKind::File => match open_checked(&backup, rec) {
-                    Ok(_) => files.push(backup_item(&backup, rec, |e| e)?),
-                    Err(OpError::Backup(e)) => report.skipped.push(skip(e.to_string())),
-                    Err(e) => return Err(e),
-                },
-                RecordKind::Other(_) => report
-                    .skipped
-                    .push(skip("not a file, folder or symlink".into())),
+                // Opened (size, padding and Digest checked) by the batch worker that writes
+                // it; a damaged one is skipped there.
+                RecordKind::File => {
+                    files.push(backup_item(&backup, rec, opts.accept_size_mismatch, |e| e)?);
+                    file_records.push(rec);
+                }
+                RecordKind::Other(_) => unreachable!("refused by Shape::take"),
             }
         }
-        let sizes = dev.put_many(files)?;
-        report.files += sizes.len() as u64;
-        report.bytes += sizes.iter().sum::<u64>();
+        let results = dev.put_many_skipping(files, &is_damage)?;
+        for (rec, r) in file_records.into_iter().zip(results) {
+            match r {
+                Ok(size) => {
+                    report.files += 1;
+                    report.bytes += size;
+                }
+                Err(e) => report.skipped.push(Skip {
+                    kind: rec.kind().name(),
+                    what: rec.display_path(),
+                    class: None,
+                    reason: source_damage(e).to_string(),
+                }),
+            }
+        }
         if let Some(kc) = &kc {
             for it in &kc.items {
                 let rowid = it.rowid.unwrap_or(0);

@@ -64,6 +64,7 @@ mod keychain;
 mod meta;
 pub mod restore;
 mod sep;
+mod shape;
 mod store;
 
 use std::collections::BTreeMap;

@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 use crate::backup::{
     class_name, describe_item, io_err, unencrypted_backup_passkey, OpError, OpResult, Skip,
 };
+use crate::shape::Shape;
 use crate::{Device, EntryKind, LockState, PutItem, PutOptions};
 
 /// How to restore.
@@ -42,6 +43,9 @@ pub struct RestoreOptions {
     pub password: Option<Zeroizing<Vec<u8>>>,
     /// Caps on the KDF counts read from the backup's keybag.
     pub limits: KdfLimits,
+    /// Restore a file without a `Digest` whose length differs from its record's `Size`
+    /// (by default it is damage: see [`open_checked`]).
+    pub accept_size_mismatch: bool,
 }
 
 /// What a restore did.
@@ -239,6 +243,9 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
     // Regular files are written together once the loop has made the folders (and removed
     // what files replace): in parallel, and indexed in one transaction.
     let mut files = Vec::new();
+    // The backup's own tree: a record under one of its files, or a path given twice, is a
+    // damaged backup (checked before the device is touched).
+    let mut shape = Shape::new();
     for rec in &catalog.records {
         let what = rec.display_path();
         if let Some(p) = &rec.problem {
@@ -250,6 +257,21 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
         let f = rec.file.as_ref().expect("no problem means decoded");
         if rec.domain == keychain::DOMAIN && rec.relative_path == keychain::RELATIVE_PATH {
             continue;
+        }
+        if let RecordKind::Other(flags) = rec.kind() {
+            report.skipped.push(Skip {
+                kind: format!("flags={flags}"),
+                what,
+                class: None,
+                reason: "not a file, folder or symlink".into(),
+            });
+            continue;
+        }
+        if let Err(reason) = shape.take(&rec.domain, &rec.relative_path, rec.kind()) {
+            return Err(OpError::Damaged(format!(
+                "{}: {what}: {reason}",
+                backup_dir.display()
+            )));
         }
         let key = (rec.domain.clone(), rec.relative_path.clone());
         let present = existing.get(&key);
@@ -285,22 +307,22 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
                 ) {
                     dev.remove(&rec.domain, &rec.relative_path)?;
                 }
-                files.push(backup_item(&backup, rec, move |e| match e {
-                    OpError::Backup(mobilebackup::Error::DamagedBlob { path, reason }) => {
-                        OpError::Damaged(format!("{}: {what}: {reason}", path.display()))
-                    }
-                    e => e,
-                })?);
+                files.push(backup_item(
+                    &backup,
+                    rec,
+                    opts.accept_size_mismatch,
+                    move |e| match e {
+                        OpError::Backup(mobilebackup::Error::DamagedBlob { path, reason }) => {
+                            OpError::Damaged(format!("{}: {what}: {reason}", path.display()))
+                        }
+                        e => e,
+                    },
+                )?);
             }
-            RecordKind::Other(flags) => report.skipped.push(Skip {
-                kind: format!("flags={flags}"),
-                what,
-                class: None,
-                reason: "not a file, folder or symlink".into(),
-            }),
+            RecordKind::Other(_) => unreachable!("skipped above"),
         }
     }
-    let sizes = dev.put_many(files)?;
+    let sizes = dev.put_many(files).map_err(source_damage)?;
     report.files += sizes.len() as u64;
     report.bytes += sizes.iter().sum::<u64>();
 
@@ -358,10 +380,18 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
     Ok(report)
 }
 
-/// Opens a regular file of `backup` for a restore or an import. A blob with bad padding is
-/// an error here, before anything of it is written; the reader's length comes from the
-/// padding, not from `Size` (real backups get `Size` wrong, spec §7.2).
-pub(crate) fn open_checked(backup: &Backup, rec: &Record) -> OpResult<BlobReader> {
+/// Opens a regular file of `backup` for a restore or an import, checked as a device checks
+/// what it restores: the padding must be valid (before anything of the file is written); the
+/// stored bytes must match the record's `Digest` where it has one (checked as they stream:
+/// the reader's final read fails otherwise, see [`source_damage`]); without a `Digest`, the
+/// length must equal the record's `Size`. (Real backups get `Size` wrong for files that
+/// changed while they were copied, spec §7.2, but those carry no proof of their bytes either;
+/// where a matching `Digest` proves them, `Size` is not held against them.)
+pub(crate) fn open_checked(
+    backup: &Backup,
+    rec: &Record,
+    accept_size_mismatch: bool,
+) -> OpResult<BlobReader> {
     let reader = backup.open_file(rec)?;
     if !reader.padding_ok() {
         return Err(OpError::Backup(mobilebackup::Error::DamagedBlob {
@@ -369,7 +399,43 @@ pub(crate) fn open_checked(backup: &Backup, rec: &Record) -> OpResult<BlobReader
             reason: "bad padding (damaged blob or wrong key)".into(),
         }));
     }
-    Ok(reader)
+    match rec.file.as_ref().and_then(|f| f.digest.as_deref()) {
+        Some(d) if d.len() == 20 => Ok(reader.check_digest(d, true)),
+        _ if reader.len() != rec.size() && !accept_size_mismatch => {
+            Err(OpError::Backup(mobilebackup::Error::DamagedBlob {
+                path: backup.blob_path(rec)?,
+                reason: format!(
+                    "holds {} bytes of content but the record's Size is {} (cut short or \
+                     changed?  A real phone's database that changed while it was copied can \
+                     do this too: --accept-size-mismatch takes it as it is)",
+                    reader.len(),
+                    rec.size()
+                ),
+            }))
+        }
+        _ => Ok(reader),
+    }
+}
+
+/// A failure of a file's content while a batch read it (see [`open_checked`]): a `Digest`
+/// mismatch becomes [`OpError::Damaged`] naming the blob; anything else is returned as is.
+pub(crate) fn source_damage(e: OpError) -> OpError {
+    if let OpError::Device(crate::Error::Source { what, source }) = &e {
+        if let Some(m) = mobilebackup::blob::digest_mismatch_in(source) {
+            return OpError::Damaged(format!("{what}: {m}"));
+        }
+    }
+    e
+}
+
+/// True for what makes one file of a backup unusable, not the whole operation: a blob that
+/// is missing, not a regular file, badly padded, of the wrong length or content, or that
+/// fails while it is read. (A device that fails is not one of them.)
+pub(crate) fn is_damage(e: &OpError) -> bool {
+    matches!(
+        e,
+        OpError::Backup(_) | OpError::Damaged(_) | OpError::Device(crate::Error::Source { .. })
+    )
 }
 
 /// One regular file of `backup` as a [`Device::put_many`] item, under its recorded class
@@ -378,6 +444,7 @@ pub(crate) fn open_checked(backup: &Backup, rec: &Record) -> OpResult<BlobReader
 pub(crate) fn backup_item<'a>(
     backup: &'a Backup,
     rec: &'a Record,
+    accept_size_mismatch: bool,
     map_err: impl FnOnce(OpError) -> OpError + Send + 'a,
 ) -> OpResult<PutItem<'a, OpError>> {
     let f = rec
@@ -402,6 +469,6 @@ pub(crate) fn backup_item<'a>(
         rec.domain.clone(),
         rec.relative_path.clone(),
         put,
-        move || open_checked(backup, rec).map_err(map_err),
+        move || open_checked(backup, rec, accept_size_mismatch).map_err(map_err),
     ))
 }

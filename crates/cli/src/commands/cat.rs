@@ -36,6 +36,13 @@ pub fn run(args: &BackupArgs, domain: &str, path: &str) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     let report = backup.copy_file(rec, &mut out)?;
     out.flush()?;
+    if let Some(m) = &report.digest_mismatch {
+        warn(&format!(
+            "{shown}: the blob was changed after the backup: {}; wrote its {} bytes",
+            m, report.bytes
+        ));
+        return Ok(exit::DAMAGE);
+    }
     if !report.padding_ok {
         eprintln!(
             "keybag: {shown}: invalid PKCS7 padding (damaged blob); wrote all {} decrypted bytes",

@@ -57,6 +57,11 @@ pub struct RestoreCmd {
     /// Read the backup password from the first line of FILE ('-' = stdin).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Take files whose length differs from their record's Size (and that have no Digest
+    /// to prove their bytes) as they are, instead of as damaged: real phones' databases that
+    /// changed while they were copied look like this.
+    #[arg(long)]
+    pub accept_size_mismatch: bool,
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
@@ -81,6 +86,11 @@ pub struct ImportCmd {
     /// Give the new device a passcode, read from the first line of FILE.
     #[arg(long, value_name = "FILE")]
     pub passcode_file: Option<PathBuf>,
+    /// Take files whose length differs from their record's Size (and that have no Digest
+    /// to prove their bytes) as they are, instead of as damaged: real phones' databases that
+    /// changed while they were copied look like this.
+    #[arg(long)]
+    pub accept_size_mismatch: bool,
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
@@ -271,6 +281,7 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
     let password = backup_password(&cmd.backup, cmd.password_file.as_deref())?;
     let opts = RestoreOptions {
         password,
+        accept_size_mismatch: cmd.accept_size_mismatch,
         ..RestoreOptions::default()
     };
     let r = device::restore::restore(&cmd.dir, &cmd.backup, &opts).map_err(op_error)?;
@@ -314,12 +325,20 @@ pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
         password,
         device_key,
         passcode,
+        accept_size_mismatch: cmd.accept_size_mismatch,
         ..ImportOptions::default()
     };
     let r = device::import::import(&cmd.dir, &cmd.backup, &opts).map_err(op_error)?;
+    // Some record of the backup did not come over: damage (the keychain's sealed items are
+    // not: they are reported, as designed).
+    let code = if r.skipped.iter().any(|s| s.kind != "keychain") {
+        exit::DAMAGE
+    } else {
+        exit::OK
+    };
     if cmd.json {
         print_json(&r)?;
-        return Ok(exit::OK);
+        return Ok(code);
     }
     println!(
         "Imported {} into the new device {}: {}",
@@ -332,11 +351,7 @@ pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
         plural(r.keychain.len() as u64, "item", "items")
     );
     print_skips("Not imported", &r.skipped);
-    Ok(if r.skipped.iter().any(|s| s.kind != "keychain") {
-        exit::DAMAGE
-    } else {
-        exit::OK
-    })
+    Ok(code)
 }
 
 /// The backup subcommands of `keybag device`. `crate::commands::device`'s subcommand enum embeds
