@@ -10,12 +10,12 @@ use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::forge::{insert_rows, keybag_bytes, mbfile_for, rewrite_manifest};
 use common::{
     blob_of, enc, expected, expected_files, fixture_copy, keybag, keybag_env, mvt, os, sha256_hex,
     PASSKEY, PASSWORD,
 };
 use mobilebackup::layout;
-use mobilebackup::mbfile::{self, MbFile};
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
@@ -969,21 +969,6 @@ fn corrupt_manifest_db_exits_4() {
     }
 }
 
-fn rewrite_manifest(b: &Path, edit: impl FnOnce(&mut plist::Dictionary)) {
-    let path = b.join("Manifest.plist");
-    let mut v = plist::Value::from_file(&path).unwrap();
-    edit(v.as_dictionary_mut().unwrap());
-    v.to_file_binary(&path).unwrap();
-}
-
-fn keybag_bytes(b: &Path) -> Vec<u8> {
-    let v = plist::Value::from_file(b.join("Manifest.plist")).unwrap();
-    v.as_dictionary().unwrap()["BackupKeyBag"]
-        .as_data()
-        .unwrap()
-        .to_vec()
-}
-
 #[test]
 fn manifest_plist_without_manifest_key_exits_4() {
     let (_g, b) = fixture_copy(&enc());
@@ -1059,40 +1044,6 @@ fn absurd_dpic_is_refused_quickly() {
     assert!(out.stderr.contains("cap"), "{}", out.stderr);
     assert!(out.stderr.contains("4294967295"), "{}", out.stderr);
     assert!(out.stderr.contains("DPIC"), "{}", out.stderr);
-}
-
-/// A minimal valid MBFile for a hostile row.
-fn mbfile_for(rel: &str, mode: u32, size: u64, target: Option<&str>) -> Vec<u8> {
-    mbfile::encode(&MbFile {
-        relative_path: rel.to_string(),
-        target: target.map(str::to_owned),
-        mode,
-        size,
-        protection_class: 4,
-        mtime: 1_600_000_000,
-        ctime: 1_600_000_000,
-        birth: 1_600_000_000,
-        uid: 501,
-        gid: 501,
-        ..Default::default()
-    })
-}
-
-/// Inserts rows into a copy's plain Manifest.db.
-fn insert_rows(b: &Path, rows: &[(String, String, String, i64, Vec<u8>)]) {
-    let conn = rusqlite::Connection::open(b.join("Manifest.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
-    for (id, dom, rel, flags, file) in rows {
-        conn.execute(
-            "INSERT INTO Files (fileID, domain, relativePath, flags, file) VALUES (?1, ?2, ?3, ?4, ?5)",
-            rusqlite::params![id, dom, rel, flags, file],
-        )
-        .unwrap();
-    }
-    drop(conn);
-    for extra in ["Manifest.db-wal", "Manifest.db-shm", "Manifest.db-journal"] {
-        assert!(!b.join(extra).exists());
-    }
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! (iphone_backup_decrypt, mvt) whose interpreters come from KEYBAG_PY_IBD / KEYBAG_PY_MVT.
 //! Each test file does `mod common;` and uses what it needs.
 
+pub mod forge;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
