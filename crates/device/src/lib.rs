@@ -64,6 +64,7 @@ mod keychain;
 mod meta;
 pub mod restore;
 mod sep;
+mod staging;
 mod store;
 
 use std::collections::BTreeMap;
