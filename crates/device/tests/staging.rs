@@ -171,6 +171,11 @@ fn a_backup_puts_back_a_backup_set_aside_by_a_cut_swap_and_clears_the_rest() {
     )
     .unwrap();
     std::fs::create_dir(tmp.path().join(format!(".out.keybag-partial-{dead}-xY"))).unwrap();
+    // The writer's own staging folder of a replacement built as `.out.keybag-new-…`.
+    std::fs::create_dir(tmp.path().join(format!(
+        "..out.keybag-new-{dead}-0.keybag-partial-{dead}-zZ"
+    )))
+    .unwrap();
     let r = backup(&dev, &out, &BackupOptions::default()).unwrap();
     assert_eq!(
         r.reused, 1,

@@ -207,9 +207,15 @@ pub fn sibling(dest: &Path, tag: &str) -> PathBuf {
         .expect("a free name")
 }
 
-/// The tag and process id of `file_name` when it is a sibling of `name` made by keybag.
+/// The tag and process id of `file_name` when it is a sibling of `name` made by keybag, or a
+/// sibling of such a sibling (`..NAME.keybag-new-PID-0.keybag-partial-PID-…`: the staging
+/// folder of a replacement backup, which is built as `.NAME.keybag-new-PID-0`), which
+/// belongs to the same process.
 fn parse_sibling(name: &str, file_name: &str) -> Option<(&'static str, u32)> {
-    let rest = file_name.strip_prefix(&format!(".{name}.keybag-"))?;
+    let direct = format!(".{name}.keybag-");
+    let rest = file_name
+        .strip_prefix(&direct)
+        .or_else(|| file_name.strip_prefix('.')?.strip_prefix(&direct))?;
     // The longest matching tag ("before-restore" before "restore" cannot clash: a tag is
     // always followed by '-' and digits, and "before-restore" does not start with one).
     let (tag, rest) = SCRATCH_TAGS
@@ -442,6 +448,14 @@ mod tests {
             parse_sibling("out", ".out.keybag-old-42"),
             Some(("old", 42))
         );
+        // The staging folder of a staging folder (a replacement backup's).
+        let outer = sibling(dest, "new");
+        let nested = format!(
+            ".{}.keybag-partial-{me}-Ab3xYz",
+            outer.file_name().unwrap().to_str().unwrap()
+        );
+        assert!(nested.starts_with("..out.keybag-new-"), "{nested}");
+        assert_eq!(parse_sibling("out", &nested), Some(("new", me)));
         for other in [
             ".out.keybag-partial-",
             ".out.keybag-partial-x1",
