@@ -533,6 +533,9 @@ fn backup_inner(
     use_device_setting: bool,
     force_fresh: bool,
 ) -> OpResult<BackupReport> {
+    // What a killed earlier backup left beside `out` goes first (a backup set aside by an
+    // interrupted swap is put back).
+    mobilebackup::staging::clean_stale(out)?;
     let existing = fs::symlink_metadata(out).is_ok();
     if existing && !out.join("Manifest.plist").is_file() {
         return Err(OpError::Refused(format!(
@@ -627,17 +630,10 @@ fn backup_inner(
         .as_ref()
         .is_some_and(|p| p.same_keybag || !report.encrypted);
     let target = if existing && !in_place {
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "backup".into());
-        out.with_file_name(format!(".{name}.keybag-new-{}", std::process::id()))
+        mobilebackup::staging::sibling(out, "new")
     } else {
         out.to_path_buf()
     };
-    if !in_place && target != out && fs::symlink_metadata(&target).is_ok() {
-        fs::remove_dir_all(&target).map_err(io_err(&target))?;
-    }
 
     let device_key = device.device_key();
     let existing_keybag = this.map(|k| ExistingKeybag {
@@ -843,23 +839,10 @@ fn backup_inner(
     let written = writer.finish()?;
 
     if !in_place && written != out {
-        // Swap: old → aside, new → out, remove the old one.
-        let aside = out.with_file_name(format!(
-            ".{}.keybag-old-{}",
-            out.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        fs::rename(out, &aside).map_err(io_err(out))?;
-        if let Err(e) = fs::rename(&written, out) {
-            let _ = fs::rename(&aside, out);
-            return Err(OpError::Io {
-                path: out.to_path_buf(),
-                source: e,
-            });
-        }
-        fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
+        // Swap: one atomic exchange where available (else two renames, the old backup set
+        // aside as `.OUT.keybag-old-…`, which the next run puts back if they were cut in
+        // two), then the old backup is removed.
+        mobilebackup::staging::replace_dir(&written, out, "old")?;
     }
     if let Some(kept) = &to_keep {
         store_kept(device, kept)?;

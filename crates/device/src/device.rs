@@ -178,6 +178,7 @@ impl Device {
     /// (`run/session`), or starts before first unlock. A device without a passcode is
     /// unlocked at boot.
     pub fn open(dir: &Path) -> Result<Device> {
+        crate::staging::clean(dir)?; // what a killed restore or import left beside it
         let meta = Meta::load(dir)?;
         if meta.wiped {
             return Err(Error::Wiped {

@@ -59,6 +59,7 @@ pub struct ImportReport {
 
 /// Creates the device folder `dir` (which must not exist) from the backup at `backup_dir`.
 pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<ImportReport> {
+    crate::staging::clean(dir)?; // what a killed import left beside it
     if std::fs::symlink_metadata(dir).is_ok() {
         return Err(OpError::Refused(format!(
             "{}: already exists; import creates a new device folder",

@@ -65,6 +65,7 @@ mod meta;
 pub mod restore;
 mod sep;
 mod shape;
+mod staging;
 mod store;
 
 use std::collections::BTreeMap;

@@ -227,7 +227,7 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
 
     // Stage: a copy of the target, restored into, then swapped in.
     let staging = sibling(dir, "keybag-restore");
-    let mut cleanup = Cleanup(Some(staging.clone()));
+    let cleanup = Cleanup(Some(staging.clone()));
     copy_tree(dir, &staging)?;
     let mut dev = Device::open(&staging)?;
     let mut report = RestoreReport {
@@ -365,17 +365,8 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
     }
     drop(dev);
 
-    // Switch: target → aside, staging → target, remove the old one.
-    let aside = sibling(dir, "keybag-before-restore");
-    fs::rename(dir, &aside).map_err(io_err(dir))?;
-    if let Err(e) = fs::rename(&staging, dir) {
-        let _ = fs::rename(&aside, dir);
-        return Err(OpError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        });
-    }
-    cleanup.0 = Some(aside);
+    // Switch: one atomic exchange where available, then the old device is removed.
+    crate::staging::switch(&staging, dir)?;
     drop(cleanup);
     Ok(report)
 }

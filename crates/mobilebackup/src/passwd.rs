@@ -19,6 +19,9 @@
 //! A crash at any point leaves a backup that opens with the old password (up to
 //! step 1) or the new one (from step 2 on); readers ignore `Manifest.plist.bak`.
 //!
+//! The temp files of steps 1 and 2 (`.Manifest.plist.keybag-tmp-PID-…`) are removed by the
+//! next change once their process is gone ([`crate::staging::clean_stale`]).
+//!
 //! A `Manifest.plist.bak` found at the start is left by an interrupted run. If it
 //! is byte-identical to `Manifest.plist` (a crash after step 1) it is simply
 //! replaced; otherwise the change is refused with instructions
@@ -156,6 +159,19 @@ pub fn check_leftover(dir: &Path) -> Result<bool> {
     ))
 }
 
+/// The tag of the temp files `.Manifest.plist.keybag-tmp-PID-…` (see [`crate::staging`]).
+const TMP_TAG: &str = "tmp";
+
+/// Removes the temp files of `Manifest.plist` and `Manifest.plist.bak` left in `dir` by a
+/// password change that was killed ([`crate::staging::clean_stale`]: only those whose
+/// process is gone).
+fn remove_stale_temp_files(dir: &Path) -> Result<()> {
+    for name in [MANIFEST_PLIST, MANIFEST_PLIST_BAK] {
+        crate::staging::clean_stale(&dir.join(name))?;
+    }
+    Ok(())
+}
+
 /// Writes `name` in `dir` through a temp file, fsync and rename, then fsyncs `dir`.
 fn write_durably(
     dir: &Path,
@@ -165,7 +181,7 @@ fn write_durably(
 ) -> Result<()> {
     let target = dir.join(name);
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.keybag-"))
+        .prefix(&crate::staging::sibling_prefix(&target, TMP_TAG))
         .tempfile_in(dir)
         .map_err(Error::io(dir))?;
     tmp.write_all(bytes).map_err(Error::io(&target))?;
@@ -246,6 +262,7 @@ impl PasswordChange {
             }
             Err(e) => return Err(Error::io(&plist_path)(e)),
         }
+        remove_stale_temp_files(&root)?;
         let replaced_leftover = check_leftover(&root)?;
         let old_plist = read_regular(&plist_path, MAX_PLIST_BYTES)?;
         let old_passkey = match &old.secret {

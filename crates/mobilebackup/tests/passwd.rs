@@ -254,6 +254,42 @@ fn change_password_rewrites_only_the_keybag() {
 }
 
 #[test]
+fn temp_files_of_a_killed_change_are_removed_by_the_next_one() {
+    // Found by the CLI's crash trials: a change killed while writing Manifest.plist.bak or
+    // Manifest.plist leaves its temp file, which nothing removed.
+    let (_tmp, dir) = fixture_copy();
+    let before = snapshot(&dir);
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = [
+        format!(".Manifest.plist.keybag-tmp-{dead}-Ab12Cd"),
+        format!(".Manifest.plist.bak.keybag-tmp-{dead}-xYz789"),
+    ];
+    for name in &stale {
+        std::fs::write(dir.join(name), b"half a plist").unwrap();
+    }
+    // One of a change still running (this process) is left alone.
+    let live = format!(".Manifest.plist.keybag-tmp-{}-live01", std::process::id());
+    std::fs::write(dir.join(&live), b"in progress").unwrap();
+    change_password(
+        &dir,
+        &old_creds(),
+        NEW_PASSWORD.as_bytes(),
+        &Hooks::default(),
+    )
+    .unwrap();
+    for name in &stale {
+        assert!(!dir.join(name).exists(), "{name} removed");
+    }
+    std::fs::remove_file(dir.join(&live)).unwrap();
+    assert_eq!(
+        snapshot(&dir).keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_crash_after_any_step_leaves_a_backup_that_opens_with_one_password() {
     let old = old_passkey();
     for step in Step::ALL {
