@@ -64,7 +64,7 @@ pub(crate) fn parse_hex<const N: usize>(text: &str, what: &str) -> Result<Secret
 }
 
 /// Reads a key file: `2N` hex digits (surrounding whitespace ignored) or `N` raw bytes.
-fn read_key_file<const N: usize>(path: &Path, what: &str) -> Result<Secret<N>> {
+pub(crate) fn read_key_file<const N: usize>(path: &Path, what: &str) -> Result<Secret<N>> {
     let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
     if meta.len() > 4096 {
         return Err(exit::other(format!(

@@ -11,12 +11,12 @@ use std::path::Path;
 
 use dataprotection::{DeviceKey, KdfLimits};
 use mobilebackup::keychain::{self, ItemState};
-use mobilebackup::{Backup, Credentials, RecordKind, Secret};
+use mobilebackup::{Backup, Credentials, RecordKind};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::backup::{class_name, describe_item, io_err, OpError, OpResult, Skip};
-use crate::restore::{backup_item, is_damage, sibling, source_damage};
+use crate::restore::{backup_item, backup_secret, is_damage, sibling, source_damage};
 use crate::shape::{Fit, Shape};
 use crate::{Device, InitOptions, LockState};
 
@@ -25,6 +25,8 @@ use crate::{Device, InitOptions, LockState};
 pub struct ImportOptions {
     /// The backup password (encrypted backups).
     pub password: Option<Zeroizing<Vec<u8>>>,
+    /// Or the key it derives to (skips the KDF; used when given).
+    pub passkey: Option<dataprotection::Passkey>,
     /// The original phone's key 0x835, to open ThisDeviceOnly keychain items.
     pub device_key: Option<DeviceKey>,
     /// Caps on the KDF counts read from the backup's keybag.
@@ -68,14 +70,15 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
     }
     let mut backup = Backup::open(backup_dir)?;
     if backup.is_encrypted() {
-        let pw = opts.password.clone().ok_or_else(|| {
-            OpError::Refused(format!(
-                "{}: the backup is encrypted and no password was given",
-                backup_dir.display()
-            ))
-        })?;
+        let secret =
+            backup_secret(opts.passkey.as_ref(), opts.password.as_ref()).ok_or_else(|| {
+                OpError::Refused(format!(
+                    "{}: the backup is encrypted and no password was given",
+                    backup_dir.display()
+                ))
+            })?;
         backup.unlock(&Credentials {
-            secret: Secret::Password(pw),
+            secret,
             device_key: opts.device_key.clone(),
             limits: opts.limits,
         })?;

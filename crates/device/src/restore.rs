@@ -41,6 +41,8 @@ use crate::{Device, EntryKind, LockState, PutItem, PutOptions};
 pub struct RestoreOptions {
     /// The backup password (encrypted backups).
     pub password: Option<Zeroizing<Vec<u8>>>,
+    /// Or the key it derives to (skips the KDF; used when given).
+    pub passkey: Option<dataprotection::Passkey>,
     /// Caps on the KDF counts read from the backup's keybag.
     pub limits: KdfLimits,
     /// Restore a file without a `Digest` whose length differs from its record's `Size`
@@ -203,14 +205,15 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
     let mut backup = Backup::open(backup_dir)?;
     let encrypted = backup.is_encrypted();
     if encrypted {
-        let pw = opts.password.clone().ok_or_else(|| {
-            OpError::Refused(format!(
-                "{}: the backup is encrypted and no password was given",
-                backup_dir.display()
-            ))
-        })?;
+        let secret =
+            backup_secret(opts.passkey.as_ref(), opts.password.as_ref()).ok_or_else(|| {
+                OpError::Refused(format!(
+                    "{}: the backup is encrypted and no password was given",
+                    backup_dir.display()
+                ))
+            })?;
         backup.unlock(&Credentials {
-            secret: Secret::Password(pw),
+            secret,
             device_key: Some(target.device_key()),
             limits: opts.limits,
         })?;
@@ -405,6 +408,18 @@ pub(crate) fn open_checked(
             }))
         }
         _ => Ok(reader),
+    }
+}
+
+/// What unlocks an encrypted backup: the derived key when given, else the password.
+pub(crate) fn backup_secret(
+    passkey: Option<&dataprotection::Passkey>,
+    password: Option<&Zeroizing<Vec<u8>>>,
+) -> Option<Secret> {
+    match (passkey, password) {
+        (Some(pk), _) => Some(Secret::Passkey(pk.clone())),
+        (None, Some(pw)) => Some(Secret::Password(pw.clone())),
+        (None, None) => None,
     }
 }
 

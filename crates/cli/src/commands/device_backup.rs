@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::exit;
 use crate::output::{human_bytes, plural, print_json, sanitize, thousands};
-use crate::secrets::{parse_hex, read_password_file, PASSWORD_ENV};
+use crate::secrets::{parse_hex, read_key_file, read_password_file, PASSWORD_ENV};
 
 /// `keybag device backup DIR OUT [--encrypt]`.
 ///
@@ -57,6 +57,10 @@ pub struct RestoreCmd {
     /// Read the backup password from the first line of FILE ('-' = stdin).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Read the backup's derived key from FILE (64 hex digits or 32 raw bytes) instead of
+    /// its password: the slow KDF is skipped.
+    #[arg(long, value_name = "FILE", conflicts_with = "password_file")]
+    pub derived_key_file: Option<PathBuf>,
     /// Take files whose length differs from their record's Size (and that have no Digest
     /// to prove their bytes) as they are, instead of as damaged: real phones' databases that
     /// changed while they were copied look like this.
@@ -79,10 +83,17 @@ pub struct ImportCmd {
     /// Read the backup password from the first line of FILE ('-' = stdin).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Read the backup's derived key from FILE (64 hex digits or 32 raw bytes) instead of
+    /// its password: the slow KDF is skipped.
+    #[arg(long, value_name = "FILE", conflicts_with = "password_file")]
+    pub derived_key_file: Option<PathBuf>,
     /// The original phone's device key 0x835 (32 hex digits): imports its ThisDeviceOnly
     /// keychain items too.
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", conflicts_with = "device_key_file")]
     pub device_key: Option<String>,
+    /// Read the original phone's device key 0x835 from FILE (32 hex digits or 16 raw bytes).
+    #[arg(long, value_name = "FILE")]
+    pub device_key_file: Option<PathBuf>,
     /// Give the new device a passcode, read from the first line of FILE.
     #[arg(long, value_name = "FILE")]
     pub passcode_file: Option<PathBuf>,
@@ -195,6 +206,20 @@ fn backup_password(dir: &Path, password_file: Option<&Path>) -> Result<Option<Ze
     password(password_file, &dir.display().to_string(), false).map(Some)
 }
 
+/// What unlocks the backup at `dir`: its derived key from `derived_key_file` if given, else
+/// its password when it is encrypted (see [`backup_password`]).
+#[allow(clippy::type_complexity)]
+fn backup_secret(
+    dir: &Path,
+    password_file: Option<&Path>,
+    derived_key_file: Option<&Path>,
+) -> Result<(Option<Zeroizing<Vec<u8>>>, Option<dataprotection::Passkey>)> {
+    match derived_key_file {
+        Some(p) => Ok((None, Some(read_key_file::<32>(p, "--derived-key-file")?))),
+        None => Ok((backup_password(dir, password_file)?, None)),
+    }
+}
+
 /// "N files (size), N folders, N symlinks", as every report here starts.
 fn contents(files: u64, bytes: u64, directories: u64, symlinks: u64) -> String {
     format!(
@@ -278,9 +303,14 @@ pub fn run_backup(cmd: &BackupCmd) -> Result<u8> {
 
 /// `keybag device restore`.
 pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
-    let password = backup_password(&cmd.backup, cmd.password_file.as_deref())?;
+    let (password, passkey) = backup_secret(
+        &cmd.backup,
+        cmd.password_file.as_deref(),
+        cmd.derived_key_file.as_deref(),
+    )?;
     let opts = RestoreOptions {
         password,
+        passkey,
         accept_size_mismatch: cmd.accept_size_mismatch,
         ..RestoreOptions::default()
     };
@@ -310,12 +340,16 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
 
 /// `keybag device import`.
 pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
-    let device_key = cmd
-        .device_key
-        .as_deref()
-        .map(|hex| parse_hex::<16>(hex, "--device-key"))
-        .transpose()?;
-    let password = backup_password(&cmd.backup, cmd.password_file.as_deref())?;
+    let device_key = match (&cmd.device_key, &cmd.device_key_file) {
+        (Some(hex), _) => Some(parse_hex::<16>(hex, "--device-key")?),
+        (None, Some(p)) => Some(read_key_file::<16>(p, "--device-key-file")?),
+        (None, None) => None,
+    };
+    let (password, passkey) = backup_secret(
+        &cmd.backup,
+        cmd.password_file.as_deref(),
+        cmd.derived_key_file.as_deref(),
+    )?;
     let passcode = cmd
         .passcode_file
         .as_deref()
@@ -323,6 +357,7 @@ pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
         .transpose()?;
     let opts = ImportOptions {
         password,
+        passkey,
         device_key,
         passcode,
         accept_size_mismatch: cmd.accept_size_mismatch,
