@@ -624,3 +624,35 @@ impl Item {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataprotection::{DeviceKey, Key256, Keybag};
+
+    /// A version-2 blob (plist attributes; AES-GCM with the empty IV, so the header is not
+    /// authenticated and a v3 blob relabelled 2 is one) of `plain`.
+    fn seal_v2(class: u32, class_key: &Key256, plain: &[u8]) -> Vec<u8> {
+        let mut blob = super::super::writer::seal_v3(class, class_key, plain);
+        blob[0] = 2;
+        blob
+    }
+
+    #[test]
+    fn deeply_nested_v2_attributes_are_damaged_not_a_stack_overflow() {
+        let (_, keys) = Keybag::new_backup_pending(&DeviceKey::from_bytes([1; 16]), 1);
+        let key = keys.key(ProtectionClass(6)).unwrap();
+        let n = 60_000;
+        let xml = format!(
+            "<?xml version=\"1.0\"?><plist><dict><key>a</key>{}{}</dict></plist>",
+            "<array>".repeat(n),
+            "</array>".repeat(n)
+        );
+        let item = open("genp", &seal_v2(6, key, xml.as_bytes()), Some(&keys));
+        let reason = item.state.reason().unwrap_or_default();
+        assert!(reason.contains("deeper"), "{reason}");
+        let shallow = "<plist><dict><key>a</key><array><string>x</string></array></dict></plist>";
+        let item = open("genp", &seal_v2(6, key, shallow.as_bytes()), Some(&keys));
+        assert_eq!(item.state, ItemState::Open);
+    }
+}
