@@ -18,7 +18,16 @@ pub fn read_dict(path: &Path) -> Result<Dictionary> {
         Error::DamagedBlob { path, reason } => Error::Malformed { path, reason },
         e => e,
     })?;
-    crate::bplist_guard::check(&bytes).map_err(|e| Error::malformed(path, e))?;
+    dict_from_bytes(path, &bytes)
+}
+
+/// [`read_dict`] of bytes already in memory: a binary plist passes [`bplist_guard`] first,
+/// then the bytes (XML or binary) must parse to a dictionary. `path` only names the file in
+/// errors.
+///
+/// [`bplist_guard`]: crate::bplist_guard
+pub fn dict_from_bytes(path: &Path, bytes: &[u8]) -> Result<Dictionary> {
+    crate::bplist_guard::check(bytes).map_err(|e| Error::malformed(path, e))?;
     match Value::from_reader(std::io::Cursor::new(bytes)) {
         Ok(Value::Dictionary(d)) => Ok(d),
         Ok(_) => Err(Error::malformed(path, "not a plist dictionary")),

@@ -296,6 +296,20 @@ pub(crate) enum Keys<'a> {
     Unencrypted,
 }
 
+/// Opens one `v_Data` blob listed under `table`, as [`parse`](super::parse) does for every
+/// item: `keys` are the class keys of an unlocked encrypted backup, `None` for an unencrypted
+/// backup (every item is then sealed). The persistent reference is left empty. Never panics:
+/// every problem becomes the item's state or a warning.
+pub fn open(table: &str, blob: &[u8], keys: Option<&UnlockedKeybag>) -> Item {
+    let mut item = Item::new(table);
+    let keys = match keys {
+        Some(k) => Keys::Unlocked(k),
+        None => Keys::Unencrypted,
+    };
+    open_blob(&mut item, blob, keys);
+    item
+}
+
 /// Opens `blob` into `item` (version, class, state, attributes, warnings). Never panics:
 /// every problem becomes the item's state or a warning.
 pub(crate) fn open_blob(item: &mut Item, blob: &[u8], keys: Keys<'_>) {
