@@ -158,6 +158,18 @@ pub fn run(args: &BackupArgs, html_out: Option<&Path>, quick: bool) -> Result<u8
         }
         out.flush()?;
     }
+    if report.keychain_damaged() {
+        eprintln!(
+            "keybag: the keychain export is damaged or unreadable: {}",
+            sanitize(
+                report
+                    .keychain
+                    .reason
+                    .as_deref()
+                    .unwrap_or("some items do not decrypt")
+            )
+        );
+    }
     if report.has_damage() {
         let i = &report.integrity;
         eprintln!(

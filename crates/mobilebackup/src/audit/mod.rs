@@ -95,9 +95,19 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    /// True when data is missing, damaged, unreadable or a record is unusable.
+    /// True when data is missing, damaged, unreadable or a record is unusable: a file, a
+    /// `Manifest.db` row, or the keychain of an encrypted backup (its export unreadable, or
+    /// items that do not decrypt although their class key is there).
     pub fn has_damage(&self) -> bool {
-        !self.integrity.clean
+        !self.integrity.clean || self.keychain_damaged()
+    }
+
+    /// True when the keychain of an encrypted backup could not be read, or some of its items
+    /// are damaged (sealed items are not damage: they need the original device).
+    pub fn keychain_damaged(&self) -> bool {
+        self.keychain.damaged > 0
+            || (self.encryption.encrypted
+                && self.keychain.status == keychain::KeychainStatus::Unavailable)
     }
 }
 
