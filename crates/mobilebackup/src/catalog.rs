@@ -256,6 +256,21 @@ pub(crate) fn read(conn: &Connection, path: &Path) -> Result<Catalog> {
     Ok(cat)
 }
 
+impl Catalog {
+    /// The rows that could not be read at all ([`Catalog::skipped`]) as problems: damage,
+    /// reported under the path `Manifest.db`.
+    pub fn skipped_problems(&self) -> Vec<crate::extract::Problem> {
+        self.skipped
+            .iter()
+            .map(|why| crate::extract::Problem {
+                path: layout::MANIFEST_DB.into(),
+                kind: crate::extract::ProblemKind::BadRecord,
+                message: format!("a row left out: {why}"),
+            })
+            .collect()
+    }
+}
+
 /// The catalog of a plain (unencrypted or already decrypted) `Manifest.db` image, with every
 /// check that [`crate::Backup::catalog`] applies. Used by the fuzzers and by callers that hold
 /// the bytes already.

@@ -178,6 +178,7 @@ pub fn decrypt_backup(
     }
     staging.commit()?;
     report.problems = problems.into_inner().expect("no panics while locked");
+    report.problems.extend(catalog.skipped_problems());
     report
         .problems
         .sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));

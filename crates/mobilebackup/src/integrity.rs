@@ -272,6 +272,9 @@ pub fn check(
     let missing = count(IntegrityKind::Missing);
     let sealed = count(IntegrityKind::Sealed);
     let bad_records = count(IntegrityKind::BadRecord);
+    // Rows that could not be read at all are damage too, listed under Manifest.db.
+    problems.extend(catalog.skipped_problems());
+    let count = |k: IntegrityKind| problems.iter().filter(|p| p.kind == k).count() as u64;
     Integrity {
         deep: deep_read,
         files: catalog
@@ -290,7 +293,7 @@ pub fn check(
         sealed,
         bad_records,
         skipped_rows: catalog.skipped.len() as u64,
-        clean: !problems.iter().any(|p| p.kind.is_damage()) && catalog.skipped.is_empty(),
+        clean: !problems.iter().any(|p| p.kind.is_damage()),
         problems,
     }
 }

@@ -72,6 +72,13 @@ pub fn run(args: &BackupArgs, out: &Path, filter: &FilterArgs) -> Result<u8> {
     check_out(out)?;
     let backup = super::open(args)?;
     let catalog = super::catalog(&backup)?;
+    // Rows that could not be read at all were not extracted: damage, unless a filter
+    // picked a part of the backup (they have no domain or path to match).
+    let skipped = if filter.is_empty() {
+        catalog.skipped_problems()
+    } else {
+        Vec::new()
+    };
     let records: Vec<Record> = catalog
         .records
         .into_iter()
@@ -80,7 +87,8 @@ pub fn run(args: &BackupArgs, out: &Path, filter: &FilterArgs) -> Result<u8> {
     if records.is_empty() && !filter.is_empty() {
         crate::output::warn("no record matches --domain/--path");
     }
-    let report = extract_records(&backup, &records, out)?;
+    let mut report = extract_records(&backup, &records, out)?;
+    report.problems.extend(skipped);
     if args.json {
         print_json(&JsonReport {
             backup: args.dir.display().to_string(),
