@@ -57,6 +57,8 @@ pub struct ImportReport {
     pub keychain: Vec<(String, String, String)>,
     /// Records and items not imported, with the reason (damaged files, sealed items).
     pub skipped: Vec<Skip>,
+    /// Keychain items not imported because they are damaged (not sealed by design).
+    pub damaged_items: u64,
 }
 
 /// Creates the device folder `dir` (which must not exist) from the backup at `backup_dir`.
@@ -84,8 +86,18 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
         })?;
     }
     let catalog = backup.catalog()?;
+    // A keychain export that cannot be read is one damaged record: the files still come over.
+    let mut keychain_damage = None;
     let kc = if backup.is_encrypted() {
-        keychain::read_from_catalog(&backup, &catalog)?
+        keychain::read_from_catalog(&backup, &catalog).unwrap_or_else(|e| {
+            keychain_damage = Some(Skip {
+                kind: "file".into(),
+                what: format!("{}/{}", keychain::DOMAIN, keychain::RELATIVE_PATH),
+                class: None,
+                reason: format!("the keychain export cannot be read: {e}"),
+            });
+            None
+        })
     } else {
         None
     };
@@ -120,6 +132,15 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
             name: dev.name().to_string(),
             ..ImportReport::default()
         };
+        report.skipped.extend(keychain_damage.take());
+        for why in &catalog.skipped {
+            report.skipped.push(Skip {
+                kind: "row".into(),
+                what: "Manifest.db".into(),
+                class: None,
+                reason: why.clone(),
+            });
+        }
         let apps: std::collections::BTreeSet<&str> = catalog
             .records
             .iter()
@@ -238,6 +259,9 @@ pub fn import(dir: &Path, backup_dir: &Path, opts: &ImportOptions) -> OpResult<I
                             }
                             s => s.reason().unwrap_or("not importable").to_string(),
                         };
+                        if crate::restore::item_damaged(true, class, state) {
+                            report.damaged_items += 1;
+                        }
                         report.skipped.push(Skip {
                             kind: "keychain".into(),
                             what: format!("{} #{rowid}", it.table),

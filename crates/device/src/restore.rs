@@ -69,6 +69,8 @@ pub struct RestoreReport {
     pub keychain_present: Vec<(String, String, String)>,
     /// Keychain items that cannot be restored here, with the reason.
     pub lost: Vec<Skip>,
+    /// How many of them are lost because they are damaged (not sealed by design).
+    pub damaged_items: u64,
     /// Records not restored on purpose (the keychain file itself, foreign record kinds).
     pub skipped: Vec<Skip>,
 }
@@ -137,6 +139,18 @@ fn lost_reason(encrypted: bool, class: Option<ProtectionClass>, state: &ItemStat
         ItemState::Damaged { reason } => format!("damaged: {reason}"),
         ItemState::Open => "not restored".into(),
     }
+}
+
+/// True for an item lost to damage, not to where it is restored (sealed to another device,
+/// from an unencrypted backup of another device): [`lost_reason`]'s "damaged" case.
+pub(crate) fn item_damaged(
+    encrypted: bool,
+    class: Option<ProtectionClass>,
+    state: &ItemState,
+) -> bool {
+    let tdo = class.is_some_and(|c| c.is_this_device_only());
+    matches!(state, ItemState::Damaged { reason }
+        if !((tdo || !encrypted) && reason.starts_with(item::UNWRAP_FAILED)))
 }
 
 /// Copies a folder tree (files, folders, symlinks; permissions kept). A copy of a device folder
@@ -225,7 +239,11 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
             backup_dir.display()
         )));
     }
-    let kc = read_keychain(&backup, &target)?;
+    // A keychain export that cannot be read is a damaged backup, like a damaged blob.
+    let kc = read_keychain(&backup, &target).map_err(|e| match e {
+        OpError::Backup(e) => OpError::Damaged(format!("keychain: {e}")),
+        e => e,
+    })?;
     drop(target);
 
     // Stage: a copy of the target, restored into, then swapped in.
@@ -356,6 +374,9 @@ pub fn restore(dir: &Path, backup_dir: &Path, opts: &RestoreOptions) -> OpResult
                         }
                         _ => lost_reason(encrypted, class, state),
                     };
+                    if item_damaged(encrypted, class, state) {
+                        report.damaged_items += 1;
+                    }
                     report.lost.push(Skip {
                         kind: "keychain".into(),
                         what: format!("{} #{rowid}", it.table),

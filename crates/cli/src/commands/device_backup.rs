@@ -315,9 +315,19 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
         ..RestoreOptions::default()
     };
     let r = device::restore::restore(&cmd.dir, &cmd.backup, &opts).map_err(op_error)?;
+    // Keychain items lost to damage (not to where they are restored) are damage.
+    let code = if r.damaged_items > 0 {
+        eprintln!(
+            "keybag: {} damaged in the backup (listed as lost); everything else was restored",
+            plural(r.damaged_items, "keychain item is", "keychain items are")
+        );
+        exit::DAMAGE
+    } else {
+        exit::OK
+    };
     if cmd.json {
         print_json(&r)?;
-        return Ok(exit::OK);
+        return Ok(code);
     }
     println!(
         "Restored {} onto {} (re-keyed under its class keys)",
@@ -335,7 +345,7 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
     }
     print_skips("Lost", &r.lost);
     print_skips("Skipped", &r.skipped);
-    Ok(exit::OK)
+    Ok(code)
 }
 
 /// `keybag device import`.
@@ -366,7 +376,7 @@ pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
     let r = device::import::import(&cmd.dir, &cmd.backup, &opts).map_err(op_error)?;
     // Some record of the backup did not come over: damage (the keychain's sealed items are
     // not: they are reported, as designed).
-    let code = if r.skipped.iter().any(|s| s.kind != "keychain") {
+    let code = if r.damaged_items > 0 || r.skipped.iter().any(|s| s.kind != "keychain") {
         exit::DAMAGE
     } else {
         exit::OK
