@@ -170,7 +170,8 @@ pub fn replace_with_fifo(path: &Path) {
 /// Runs keybag (environment as `cmd` sets it, stdin empty) while another thread keeps trying
 /// to open each of `fifos` for writing without blocking: that succeeds only while a reader
 /// has the FIFO open, so keybag opening one is seen, and the writer's close lets keybag's
-/// read end instead of hanging. Returns the run and whether any FIFO was opened by keybag.
+/// read end instead of hanging. Returns the run and whether any FIFO was opened by keybag;
+/// a run killed by a signal has code 128 + the signal.
 pub fn run_watching_fifos(mut cmd: Command, fifos: &[PathBuf]) -> (Out, bool) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut child = cmd
@@ -216,7 +217,11 @@ pub fn run_watching_fifos(mut cmd: Command, fifos: &[PathBuf]) -> (Out, bool) {
     assert_no_panic(&stderr);
     (
         Out {
-            code: status.code().expect("exited normally"),
+            // Killed by a signal (a crash): 128 + the signal, as a shell reports it.
+            code: status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            }),
             stdout,
             stderr,
         },
@@ -243,4 +248,84 @@ where
         cmd.env_remove(v);
     }
     cmd
+}
+
+/// Reads the row of `domain/path` from a loaded `Manifest.db`: (fileID, MBFile).
+pub fn row_of(conn: &rusqlite::Connection, domain: &str, path: &str) -> (String, MbFile) {
+    let (id, file): (String, Vec<u8>) = conn
+        .query_row(
+            "SELECT fileID, file FROM Files WHERE domain = ?1 AND relativePath = ?2",
+            rusqlite::params![domain, path],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("{domain}/{path}: {e}"));
+    (id, mbfile::decode(&file).unwrap())
+}
+
+/// Rewrites the MBFile of `domain/path` through `conn`.
+pub fn set_mbfile(conn: &rusqlite::Connection, domain: &str, path: &str, f: &MbFile) {
+    conn.execute(
+        "UPDATE Files SET file = ?1 WHERE domain = ?2 AND relativePath = ?3",
+        rusqlite::params![mbfile::encode(f), domain, path],
+    )
+    .unwrap();
+}
+
+/// Gives `domain/path` of an encrypted backup new content, as a tool that rewrites a file
+/// properly would: encrypted under the file's own key, with `Size` and (where the record has
+/// one) `Digest` updated, so only the content itself is hostile.
+pub fn replace_file_content(b: &Path, passkey_hex: &str, domain: &str, path: &str, data: &[u8]) {
+    let kb = Keybag::parse(&keybag_bytes(b)).unwrap();
+    let keys = kb
+        .unlock(&Passkey::from_hex(passkey_hex).unwrap(), None)
+        .unwrap();
+    with_encrypted_db(b, passkey_hex, |c| {
+        let (id, mut f) = row_of(c, domain, path);
+        let key = keys
+            .unwrap_persistent(f.encryption_key.as_deref().unwrap())
+            .unwrap();
+        let blob = dataprotection::cbc::encrypt_padded(&key, data);
+        std::fs::write(blob_of(b, &id), &blob).unwrap();
+        f.size = data.len() as u64;
+        if f.digest.is_some() {
+            use sha1::Digest;
+            f.digest = Some(sha1::Sha1::digest(&blob).to_vec());
+        }
+        set_mbfile(c, domain, path, &f);
+    });
+}
+
+/// A binary plist of `n + 1` objects where object i is an array holding object i + 1 twice:
+/// a few hundred bytes that expand to 2^(n+1) − 1 nodes (a "billion laughs").
+pub fn bplist_doubling(n: usize) -> Vec<u8> {
+    assert!(n < 250);
+    let mut out = b"bplist00".to_vec();
+    let mut offsets = Vec::new();
+    for i in 0..n {
+        offsets.push(out.len());
+        out.extend_from_slice(&[0xA2, (i + 1) as u8, (i + 1) as u8]);
+    }
+    offsets.push(out.len());
+    out.push(0x50);
+    let table = out.len();
+    for o in &offsets {
+        out.extend_from_slice(&(*o as u16).to_be_bytes());
+    }
+    let mut trailer = [0u8; 32];
+    trailer[6] = 2;
+    trailer[7] = 1;
+    trailer[8..16].copy_from_slice(&((n + 1) as u64).to_be_bytes());
+    trailer[24..32].copy_from_slice(&(table as u64).to_be_bytes());
+    out.extend_from_slice(&trailer);
+    out
+}
+
+/// An XML plist of `depth` nested arrays (a parser that recurses per level overflows its
+/// stack long before the end).
+pub fn xml_plist_nested(depth: usize) -> Vec<u8> {
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\">");
+    s.push_str(&"<array>".repeat(depth));
+    s.push_str(&"</array>".repeat(depth));
+    s.push_str("</plist>\n");
+    s.into_bytes()
 }
