@@ -12,6 +12,7 @@ use device::import::ImportOptions;
 use device::restore::RestoreOptions;
 use zeroize::Zeroizing;
 
+use crate::args::HexKey;
 use crate::exit;
 use crate::output::{human_bytes, plural, print_json, sanitize, thousands};
 use crate::secrets::{parse_hex, read_key_file, read_password_file, PASSWORD_ENV};
@@ -88,9 +89,9 @@ pub struct ImportCmd {
     #[arg(long, value_name = "FILE", conflicts_with = "password_file")]
     pub derived_key_file: Option<PathBuf>,
     /// The original phone's device key 0x835 (32 hex digits): imports its ThisDeviceOnly
-    /// keychain items too.
+    /// keychain items too. Other users can read a command line: prefer --device-key-file.
     #[arg(long, value_name = "HEX", conflicts_with = "device_key_file")]
-    pub device_key: Option<String>,
+    pub device_key: Option<HexKey>,
     /// Read the original phone's device key 0x835 from FILE (32 hex digits or 16 raw bytes).
     #[arg(long, value_name = "FILE")]
     pub device_key_file: Option<PathBuf>,
@@ -341,7 +342,7 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
 /// `keybag device import`.
 pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
     let device_key = match (&cmd.device_key, &cmd.device_key_file) {
-        (Some(hex), _) => Some(parse_hex::<16>(hex, "--device-key")?),
+        (Some(hex), _) => Some(parse_hex::<16>(hex.as_str(), "--device-key")?),
         (None, Some(p)) => Some(read_key_file::<16>(p, "--device-key-file")?),
         (None, None) => None,
     };
