@@ -201,8 +201,8 @@ impl Default for PutOptions {
     }
 }
 
-/// A decrypted keychain item.
-#[derive(Clone, Debug)]
+/// A decrypted keychain item. `Debug` hides its secret (`v_Data`, whatever its type).
+#[derive(Clone)]
 pub struct KeychainItem {
     /// `genp`, `inet`, `cert` or `keys`.
     pub table: String,
@@ -212,4 +212,18 @@ pub struct KeychainItem {
     pub class: ProtectionClass,
     /// Attributes: `v_Data` (the secret), `agrp`, `svce`/`srvr`, `acct`, `labl`, `pdmn`, `cdat`, `mdat`, ….
     pub attributes: BTreeMap<String, DerValue>,
+}
+
+impl fmt::Debug for KeychainItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeychainItem")
+            .field("table", &self.table)
+            .field("rowid", &self.rowid)
+            .field("class", &self.class)
+            .field(
+                "attributes",
+                &mobilebackup::keychain::der::RedactedAttributes(&self.attributes),
+            )
+            .finish()
+    }
 }
