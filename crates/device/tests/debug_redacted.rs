@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use dataprotection::{DeviceKey, Passkey};
+use device::backup::BackupOptions;
+use device::import::ImportOptions;
+use device::restore::RestoreOptions;
 use device::{DerValue, Device, InitOptions, KeychainItem, ProtectionClass};
 use zeroize::Zeroizing;
 
@@ -31,6 +35,39 @@ fn both<T: std::fmt::Debug>(v: &T) -> String {
 
 fn z(s: &str) -> Option<Zeroizing<Vec<u8>>> {
     Some(Zeroizing::new(s.as_bytes().to_vec()))
+}
+
+#[test]
+fn options_hide_passcodes_passwords_and_keys() {
+    let pk = Passkey::random();
+    let dk = DeviceKey::random();
+    let init = InitOptions {
+        name: "n".into(),
+        passcode: z(PASSCODE),
+        ..InitOptions::default()
+    };
+    assert_clean(&both(&init), &[]);
+    let backup = BackupOptions {
+        password: z(PASSWORD),
+        ..BackupOptions::default()
+    };
+    assert_clean(&both(&backup), &[]);
+    let restore = RestoreOptions {
+        password: z(PASSWORD),
+        passkey: Some(pk.clone()),
+        ..RestoreOptions::default()
+    };
+    assert_clean(&both(&restore), &[pk.as_bytes()]);
+    let import = ImportOptions {
+        password: z(PASSWORD),
+        passkey: Some(pk.clone()),
+        device_key: Some(dk.clone()),
+        passcode: z(PASSCODE),
+        ..ImportOptions::default()
+    };
+    let shown = both(&import);
+    assert_clean(&shown, &[pk.as_bytes(), dk.as_bytes()]);
+    assert!(shown.contains("redacted"), "{shown}");
 }
 
 /// A keychain item hides `v_Data` whatever its type; the device hides its UID and keys.
