@@ -51,6 +51,17 @@ fn credentials_and_their_secret() {
 }
 
 #[test]
+fn audit_options() {
+    let opts = mobilebackup::audit::AuditOptions {
+        password: Some(PASSWORD.as_bytes()),
+        ..Default::default()
+    };
+    let shown = both(&opts);
+    assert_clean(&shown, &[PASSWORD.as_bytes()]);
+    assert!(shown.contains("redacted"), "{shown}");
+}
+
+#[test]
 fn writer_options() {
     let dk = DeviceKey::random();
     let (kb, unlocked, pk) =
