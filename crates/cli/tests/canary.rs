@@ -290,10 +290,8 @@ fn device_commands_leak_no_secret() {
         .with(&pc),
     );
     let phone_key = device_canaries(&mut s, &phone, "phone");
-    let phone_key = opt(
-        "--device-key-file",
-        &s.input("phone.devkey", phone_key.to_hex().as_bytes()),
-    );
+    let phone_key_file = s.input("phone.devkey", phone_key.to_hex().as_bytes());
+    let phone_key = opt("--device-key-file", &phone_key_file);
     s.run(dev(a!["info", phone]));
     s.run(dev(a!["info", phone, "--json"]));
     let app = "AppDomain-com.example.canary";
@@ -353,6 +351,7 @@ fn device_commands_leak_no_secret() {
     let out = s.run(add("ck", "ck").with(&secret_ck));
     rows.push(("ck", out.text().trim().to_string()));
     s.run(add("ck", "none").note("no secret").code(1));
+    s.run(add("ck", "none").env("KEYBAG_SECRET", "").code(1));
     s.run(dev(a!["keychain", "ls", phone]));
     s.run(dev(a!["keychain", "ls", phone, "--json"]));
     for (class, row) in &rows {
@@ -373,6 +372,13 @@ fn device_commands_leak_no_secret() {
     );
     s.run(dev(a!["unlock", phone]).with(&wrong_pc).code(5));
     s.run(dev(a!["unlock", phone]).note("no passcode").code(1));
+    let key_as_passcode = opt("--passcode-file", &phone_key_file);
+    s.run(
+        dev(a!["unlock", phone])
+            .with(&key_as_passcode)
+            .note("a key file")
+            .code(5),
+    );
     s.run(dev(a!["unlock", phone]).env(env_pc.0, env_pc.1));
     s.run(dev(a!["restart", phone]));
     s.run(dev(a!["unlock", phone]).with(&pc));
@@ -415,13 +421,11 @@ fn device_commands_leak_no_secret() {
     let derived = derived_key(&lib, PASSWORD);
     s.canary(Canary::key("derived key", derived.as_bytes()));
     s.scan("the library's encrypted backup");
-    let dk = opt(
-        "--derived-key-file",
-        &s.input(
-            "b-lib.passkey",
-            format!("{}\n", derived.to_hex()).as_bytes(),
-        ),
+    let derived_file = s.input(
+        "b-lib.passkey",
+        format!("{}\n", derived.to_hex()).as_bytes(),
     );
+    let dk = opt("--derived-key-file", &derived_file);
     let dk_raw = opt(
         "--derived-key-file",
         &s.input("b-lib.passkey.bin", derived.as_bytes()),
@@ -525,6 +529,13 @@ fn device_commands_leak_no_secret() {
     );
     s.run(Run::new(a!["verify", b]).with(&wrong_pw).code(5));
     s.run(Run::new(a!["verify", b]).with(&empty_pw).code(1));
+    let key_as_password = opt("--password-file", &derived_file);
+    s.run(
+        Run::new(a!["verify", b])
+            .with(&key_as_password)
+            .note("a key file")
+            .code(5),
+    );
     s.run(Run::new(a!["ls", b]).with(&k.wrong_passkey).code(5));
     s.run(
         Run::new(a!["audit", b])

@@ -11,6 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub mod known;
 
@@ -286,9 +288,10 @@ pub struct Session {
     /// Backups, devices, outputs; keybag's TMPDIR is `work/tmp`.
     pub work: PathBuf,
     canaries: Vec<Canary>,
-    needles: Needles,
+    needles: Arc<Needles>,
     inputs: BTreeSet<PathBuf>,
     file_allow: BTreeMap<PathBuf, Vec<String>>,
+    allow_suffix: Vec<(String, Vec<String>)>,
     seen: HashMap<PathBuf, Stamp>,
     /// (label, exit code) of every run, in order.
     pub log: Vec<(String, i32)>,
@@ -319,9 +322,10 @@ impl Session {
             keys,
             work,
             canaries: Vec::new(),
-            needles: Needles::new(&[]),
+            needles: Arc::new(Needles::new(&[])),
             inputs: BTreeSet::new(),
             file_allow: BTreeMap::new(),
+            allow_suffix: Vec::new(),
             seen: HashMap::new(),
             log: Vec::new(),
             cmdlines_caught: 0,
@@ -337,7 +341,7 @@ impl Session {
             canary.name
         );
         self.canaries.push(canary);
-        self.needles = Needles::new(&self.canaries);
+        self.needles = Arc::new(Needles::new(&self.canaries));
         self.seen.clear();
     }
 
@@ -352,6 +356,15 @@ impl Session {
     /// `work/NAME`.
     pub fn path(&self, name: &str) -> PathBuf {
         self.work.join(name)
+    }
+
+    /// Every file whose path ends with `suffix` (e.g. `secure/uid.key`: a device folder and
+    /// the copies a restore works in) may hold the canaries `names`.
+    pub fn allow_in_files_ending(&mut self, suffix: &str, names: &[&str]) {
+        self.allow_suffix.push((
+            suffix.to_string(),
+            names.iter().map(|n| n.to_string()).collect(),
+        ));
     }
 
     /// The file `path` may hold the canaries `names` (and no other).
@@ -423,7 +436,7 @@ impl Session {
     pub fn run(&mut self, run: Run) -> Output {
         let mut all = self.canaries.clone();
         all.extend(run.extra.iter().cloned());
-        let needles = Needles::new(&all);
+        let needles = Arc::new(Needles::new(&all));
         let label = &self.label(&run);
         let bin = env!("CARGO_BIN_EXE_keybag");
         self.check_args(label, &run.args, &needles, &run.extra);
@@ -470,6 +483,25 @@ impl Session {
             );
         }
 
+        // While keybag runs, its files are scanned as they appear and change: a secret in a
+        // file it deletes before exiting is a leak too.
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let names = (0..all.len()).map(|c| self.name(c, &run.extra)).collect();
+            let scanner = self.scanner(needles.clone(), names);
+            let mut seen = self.seen.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut found = BTreeSet::new();
+                let mut count = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    found.extend(scanner.scan(&mut seen, &mut count, false));
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                found
+            })
+        };
+
         let mut so = child.stdout.take().unwrap();
         let mut se = child.stderr.take().unwrap();
         let err_reader = std::thread::spawn(move || {
@@ -488,12 +520,22 @@ impl Session {
             let _ = pipe.write_all(data);
         }
         let status = child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let seen_while_running = watcher.join().unwrap();
         let stdout = out_reader.join().unwrap();
         let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
         let code = status
             .code()
             .unwrap_or_else(|| panic!("{label}: killed by a signal ({status}); stderr: {stderr}"));
 
+        assert!(
+            seen_while_running.is_empty(),
+            "{label}: while it ran:\n{}",
+            seen_while_running
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         // A panic would be reported on stderr in one line ("internal error").
         assert!(
             !stderr.contains("panicked") && !stderr.contains("internal error"),
@@ -543,46 +585,26 @@ impl Session {
         Output { stdout }
     }
 
+    /// What scans the session's tree for the canaries `names` (indexed as `needles` are).
+    fn scanner(&self, needles: Arc<Needles>, names: Vec<String>) -> Scanner {
+        Scanner {
+            root: self.root.clone(),
+            inputs: self.inputs.clone(),
+            allow: self.file_allow.clone(),
+            allow_suffix: self.allow_suffix.clone(),
+            names,
+            needles,
+        }
+    }
+
     /// Scans every file under the session's folder that is new or changed since it was last
     /// scanned (every file after a canary was added), except the input files: a canary in
     /// its content or its name fails the test, unless [`Session::allow_in_file`] allowed it.
     pub fn scan(&mut self, after: &str) {
-        let mut files = Vec::new();
-        walk(&self.root, &mut files);
-        for (path, meta) in files {
-            let rel = path.strip_prefix(&self.root).unwrap();
-            let found = self.needles.find(rel.as_os_str().as_bytes());
-            assert!(
-                found.is_empty(),
-                "after {after}: the name {} holds {:?}",
-                rel.display(),
-                self.names(&found, &[])
-            );
-            if !meta.is_file() || self.inputs.contains(&path) {
-                continue;
-            }
-            let st = stamp(&meta);
-            if self.seen.get(&path) == Some(&st) {
-                continue;
-            }
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("after {after}: cannot read {}: {e}", path.display()));
-            self.files_scanned += 1;
-            let allowed = self.file_allow.get(&path).cloned().unwrap_or_default();
-            let found: BTreeSet<_> = self
-                .needles
-                .find(&bytes)
-                .into_iter()
-                .filter(|(c, _)| !allowed.contains(&self.canaries[*c].name))
-                .collect();
-            assert!(
-                found.is_empty(),
-                "after {after}: {} holds {:?}",
-                rel.display(),
-                self.names(&found, &[])
-            );
-            self.seen.insert(path, st);
-        }
+        let names = self.canaries.iter().map(|c| c.name.clone()).collect();
+        let scanner = self.scanner(self.needles.clone(), names);
+        let found = scanner.scan(&mut self.seen, &mut self.files_scanned, true);
+        assert!(found.is_empty(), "after {after}:\n{}", found.join("\n"));
     }
 
     /// Scans every file again, whatever its stamp.
@@ -621,7 +643,13 @@ impl Session {
 /// it shows or the process is a zombie.
 fn running_cmdline(pid: u32) -> Vec<u8> {
     loop {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // One read(2) with room for all of it: several small reads could straddle the
+        // process's exit and return a truncated command line.
+        let mut cmdline = vec![0u8; 1 << 16];
+        let n = std::fs::File::open(format!("/proc/{pid}/cmdline"))
+            .and_then(|mut f| f.read(&mut cmdline))
+            .unwrap_or(0);
+        cmdline.truncate(n);
         if !cmdline.is_empty() {
             return cmdline;
         }
@@ -634,6 +662,77 @@ fn running_cmdline(pid: u32) -> Vec<u8> {
             return Vec::new();
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Scans a session's tree: every file's name, and the content of files new or changed since
+/// `seen` last saw them, except the input files; canaries a file is allowed to hold are not
+/// reported.
+#[derive(Clone)]
+struct Scanner {
+    root: PathBuf,
+    inputs: BTreeSet<PathBuf>,
+    allow: BTreeMap<PathBuf, Vec<String>>,
+    allow_suffix: Vec<(String, Vec<String>)>,
+    names: Vec<String>,
+    needles: Arc<Needles>,
+}
+
+impl Scanner {
+    /// What was found, one line per file. `strict`: a file that cannot be read fails the
+    /// test (after a run); otherwise it is skipped (while keybag runs, files come and go).
+    fn scan(
+        &self,
+        seen: &mut HashMap<PathBuf, Stamp>,
+        count: &mut usize,
+        strict: bool,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let report =
+            |found: BTreeSet<(usize, String)>, what: String, problems: &mut Vec<String>| {
+                if !found.is_empty() {
+                    let names: Vec<String> = found
+                        .iter()
+                        .map(|(c, enc)| format!("{} [{enc}]", self.names[*c]))
+                        .collect();
+                    problems.push(format!("{what} holds {names:?}"));
+                }
+            };
+        let mut files = Vec::new();
+        walk(&self.root, &mut files);
+        for (path, meta) in files {
+            let rel = path.strip_prefix(&self.root).unwrap();
+            let found = self.needles.find(rel.as_os_str().as_bytes());
+            report(found, format!("the name {}", rel.display()), &mut problems);
+            if !meta.is_file() || self.inputs.contains(&path) {
+                continue;
+            }
+            let st = stamp(&meta);
+            if seen.get(&path) == Some(&st) {
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if strict => panic!("cannot read {}: {e}", path.display()),
+                Err(_) => continue,
+            };
+            *count += 1;
+            let mut allowed = self.allow.get(&path).cloned().unwrap_or_default();
+            for (suffix, names) in &self.allow_suffix {
+                if path.ends_with(suffix) {
+                    allowed.extend(names.iter().cloned());
+                }
+            }
+            let found = self
+                .needles
+                .find(&bytes)
+                .into_iter()
+                .filter(|(c, _)| !allowed.contains(&self.names[*c]))
+                .collect();
+            report(found, rel.display().to_string(), &mut problems);
+            seen.insert(path, st);
+        }
+        problems
     }
 }
 
