@@ -20,8 +20,10 @@ Exit codes:
 The password of an encrypted backup is read from --password-file FILE (first
 line; '-' reads stdin), else from the KEYBAG_PASSWORD environment variable,
 else from a prompt when stdin is a terminal. It is never accepted as an
-argument. --derived-key/--derived-key-file (the 32-byte key mvt and other tools
-save) skip the slow password derivation.";
+argument. --derived-key-file FILE (the 32-byte key mvt and other tools save)
+skips the slow password derivation; --device-key-file FILE gives the device key
+0x835. (--derived-key HEX and --device-key HEX exist too, but any user of the
+machine can read a command line.)";
 
 /// Open, audit and extract encrypted iPhone (iTunes/Finder) backups.
 #[derive(Debug, Parser)]

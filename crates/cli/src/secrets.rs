@@ -167,7 +167,7 @@ pub fn password(args: &BackupArgs) -> Result<Zeroizing<Vec<u8>>> {
     }
     Err(exit::other(format!(
         "{}: the backup is encrypted and no password was given: use {PASSWORD_ENV}, \
-         --password-file, --derived-key or a terminal",
+         --password-file, --derived-key-file or a terminal",
         args.dir.display()
     )))
 }

@@ -72,7 +72,7 @@ pub struct RestoreCmd {
     pub json: bool,
 }
 
-/// `keybag device import DIR BACKUP [--device-key HEX]`.
+/// `keybag device import DIR BACKUP [--device-key-file FILE]`.
 #[derive(Debug, Args)]
 pub struct ImportCmd {
     /// The device folder to create.
@@ -403,7 +403,7 @@ pub enum BackupCommand {
     /// per the outcome matrix (ThisDeviceOnly ones only from this same device).
     Restore(RestoreCmd),
     /// Create a device folder from a real iOS backup (ThisDeviceOnly keychain items only with
-    /// --device-key).
+    /// --device-key-file).
     Import(ImportCmd),
 }
 
