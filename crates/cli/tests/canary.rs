@@ -576,6 +576,46 @@ fn device_commands_leak_no_secret() {
     );
     s.run(Run::new(a!["verify", pb]).env(env_pw.0, env_pw.1));
 
+    // The same secrets typed at prompts on a terminal (where the spinners show too): the
+    // terminal shows no secret, whether keybag or the terminal driver would echo it.
+    let pw_prompt = "Password for";
+    s.run(Run::new(a!["verify", b]).terminal(&[(pw_prompt, PASSWORD)]));
+    s.run(
+        Run::new(a!["verify", b])
+            .terminal(&[(pw_prompt, WRONG_PASSWORD)])
+            .code(5),
+    );
+    let new_prompt = "New password for";
+    let again = "Repeat the new password";
+    s.run(Run::new(a!["passwd", pb]).terminal(&[
+        (pw_prompt, PASSWORD),
+        (new_prompt, NEW_PASSWORD),
+        (again, NEW_PASSWORD),
+    ]));
+    s.run(
+        Run::new(a!["passwd", pb, "--json"])
+            .terminal(&[
+                (pw_prompt, NEW_PASSWORD),
+                (new_prompt, PASSWORD),
+                (again, WRONG_PASSWORD),
+            ])
+            .note("the two differ")
+            .code(1),
+    );
+    s.run(dev(a!["lock", phone]));
+    s.run(dev(a!["unlock", phone]).terminal(&[("Passcode for", PASSCODE)]));
+    for (old, new) in [(PASSCODE, NEW_PASSCODE), (NEW_PASSCODE, PASSCODE)] {
+        s.run(dev(a!["passcode", phone]).terminal(&[
+            ("Passcode for", old),
+            ("New passcode", new),
+            ("Again", new),
+        ]));
+    }
+    s.run(
+        dev(a!["backup", phone, s.path("b-tty"), "--encrypt"])
+            .terminal(&[(pw_prompt, PASSWORD), ("Again", PASSWORD)]),
+    );
+
     // restore: onto a second phone, and onto the phone itself.
     let phone2 = s.path("phone2");
     s.run(dev(a![
@@ -598,6 +638,7 @@ fn device_commands_leak_no_secret() {
         s.run(dev(restore.clone()).with(file).note(what).code(2));
     }
     s.run(dev(restore.clone()).with(&pw));
+    s.run(dev(restore.clone()).terminal(&[("Password for", PASSWORD)]));
     s.run(dev(restore).with(["--json"]).with(&dk));
     s.run(dev(a!["keychain", "ls", phone2]));
     s.run(dev(a!["restore", phone, enc]).env(env_pw.0, env_pw.1));

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub mod known;
+pub mod pty;
 
 /// The variables keybag reads secrets from; removed from every run unless the run sets them.
 pub const SECRET_VARS: [&str; 5] = [
@@ -156,6 +157,7 @@ pub struct Run {
     note: Option<String>,
     env: Vec<(String, Vec<u8>)>,
     stdin: Option<Vec<u8>>,
+    prompts: Vec<(String, String)>,
     code: i32,
     allowed: Vec<String>,
     required: Vec<String>,
@@ -172,6 +174,7 @@ impl Run {
             note: None,
             env: Vec::new(),
             stdin: None,
+            prompts: Vec::new(),
             code: 0,
             allowed: Vec::new(),
             required: Vec::new(),
@@ -207,6 +210,17 @@ impl Run {
     /// stdin is a pipe fed `data` (else it is /dev/null: never a terminal).
     pub fn stdin(mut self, data: &[u8]) -> Self {
         self.stdin = Some(data.to_vec());
+        self
+    }
+
+    /// keybag runs on a terminal (a pty: stdin, stdout, stderr and /dev/tty), and each
+    /// `(prompt, answer)` is typed once the prompt shows and echo is off. Its "stdout" is
+    /// then all the terminal showed.
+    pub fn terminal(mut self, prompts: &[(&str, &str)]) -> Self {
+        self.prompts = prompts
+            .iter()
+            .map(|(p, a)| (p.to_string(), a.to_string()))
+            .collect();
         self
     }
 
@@ -425,6 +439,9 @@ impl Session {
         if run.stdin.is_some() {
             parts.push("< stdin".into());
         }
+        if !run.prompts.is_empty() {
+            parts.push(format!("[terminal: {} prompts]", run.prompts.len()));
+        }
         let mut label = parts.join(" ");
         if let Some(n) = &run.note {
             label.push_str(&format!(" ({n})"));
@@ -450,17 +467,28 @@ impl Session {
         for (k, v) in &run.env {
             cmd.env(k, OsStr::from_bytes(v));
         }
-        cmd.stdin(if run.stdin.is_some() {
-            Stdio::piped()
+        let mut on_terminal = None;
+        let mut child = None;
+        if run.prompts.is_empty() {
+            cmd.stdin(if run.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            child = Some(cmd.spawn().expect("run keybag"));
         } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run keybag");
+            on_terminal = Some(pty::spawn(cmd));
+        }
+        let pid = match (&child, &on_terminal) {
+            (Some(c), _) => c.id(),
+            (_, Some(t)) => t.child.id(),
+            _ => unreachable!(),
+        };
 
         // The command line as the system shows it while keybag runs.
-        let cmdline = running_cmdline(child.id());
+        let cmdline = running_cmdline(pid);
         if !cmdline.is_empty() {
             let found = needles.find(&cmdline);
             assert!(
@@ -502,28 +530,45 @@ impl Session {
             })
         };
 
-        let mut so = child.stdout.take().unwrap();
-        let mut se = child.stderr.take().unwrap();
-        let err_reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            se.read_to_end(&mut v).unwrap();
-            v
-        });
-        let out_reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            so.read_to_end(&mut v).unwrap();
-            v
-        });
-        if let Some(data) = &run.stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            // keybag may exit before reading it all.
-            let _ = pipe.write_all(data);
-        }
-        let status = child.wait().unwrap();
+        let (status, stdout, stderr) = match (child, on_terminal) {
+            (Some(mut child), _) => {
+                let mut so = child.stdout.take().unwrap();
+                let mut se = child.stderr.take().unwrap();
+                let err_reader = std::thread::spawn(move || {
+                    let mut v = Vec::new();
+                    se.read_to_end(&mut v).unwrap();
+                    v
+                });
+                let out_reader = std::thread::spawn(move || {
+                    let mut v = Vec::new();
+                    so.read_to_end(&mut v).unwrap();
+                    v
+                });
+                if let Some(data) = &run.stdin {
+                    let mut pipe = child.stdin.take().unwrap();
+                    // keybag may exit before reading it all.
+                    let _ = pipe.write_all(data);
+                }
+                let status = child.wait().unwrap();
+                let stdout = out_reader.join().unwrap();
+                let stderr = err_reader.join().unwrap();
+                (
+                    status,
+                    stdout,
+                    String::from_utf8_lossy(&stderr).into_owned(),
+                )
+            }
+            (_, Some(mut t)) => {
+                for (prompt, answer) in &run.prompts {
+                    t.answer(prompt, answer);
+                }
+                let (status, shown) = t.finish();
+                (status, shown, String::new())
+            }
+            _ => unreachable!(),
+        };
         stop.store(true, Ordering::Relaxed);
         let seen_while_running = watcher.join().unwrap();
-        let stdout = out_reader.join().unwrap();
-        let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
         let code = status
             .code()
             .unwrap_or_else(|| panic!("{label}: killed by a signal ({status}); stderr: {stderr}"));
