@@ -1,8 +1,10 @@
 //! Command-line syntax (clap derive).
 
+use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
 
 /// Shown after every `--help`: exit codes and where secrets come from.
 pub const AFTER_HELP: &str = "\
@@ -18,8 +20,10 @@ Exit codes:
 The password of an encrypted backup is read from --password-file FILE (first
 line; '-' reads stdin), else from the KEYBAG_PASSWORD environment variable,
 else from a prompt when stdin is a terminal. It is never accepted as an
-argument. --derived-key/--derived-key-file (the 32-byte key mvt and other tools
-save) skip the slow password derivation.";
+argument. --derived-key-file FILE (the 32-byte key mvt and other tools save)
+skips the slow password derivation; --device-key-file FILE gives the device key
+0x835. (--derived-key HEX and --device-key HEX exist too, but any user of the
+machine can read a command line.)";
 
 /// Open, audit and extract encrypted iPhone (iTunes/Finder) backups.
 #[derive(Debug, Parser)]
@@ -184,31 +188,58 @@ pub struct BackupArgs {
     )]
     pub password_file: Option<PathBuf>,
 
-    /// The 32-byte derived key as 64 hex digits (skips the password KDF).
+    /// The 32-byte derived key as 64 hex digits (skips the password KDF). Other users can
+    /// read a command line: prefer --derived-key-file.
     #[arg(
         long,
         value_name = "HEX",
         help_heading = "Unlocking",
         conflicts_with = "derived_key_file"
     )]
-    pub derived_key: Option<String>,
+    pub derived_key: Option<HexKey>,
 
     /// Read the derived key from FILE (64 hex digits, or 32 raw bytes).
     #[arg(long, value_name = "FILE", help_heading = "Unlocking")]
     pub derived_key_file: Option<PathBuf>,
 
     /// The device key 0x835 as 32 hex digits: opens classes sealed to the original device.
+    /// Other users can read a command line: prefer --device-key-file.
     #[arg(
         long,
         value_name = "HEX",
         help_heading = "Unlocking",
         conflicts_with = "device_key_file"
     )]
-    pub device_key: Option<String>,
+    pub device_key: Option<HexKey>,
 
     /// Read the device key 0x835 from FILE (32 hex digits, or 16 raw bytes).
     #[arg(long, value_name = "FILE", help_heading = "Unlocking")]
     pub device_key_file: Option<PathBuf>,
+}
+
+/// A key given in hex on the command line (`--derived-key`, `--device-key`): wiped on drop,
+/// and its `Debug` shows none of it, so printing the parsed command line (a panic message,
+/// a log line) cannot leak it.
+#[derive(Clone)]
+pub struct HexKey(Zeroizing<String>);
+
+impl HexKey {
+    /// The hex digits as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for HexKey {
+    fn from(text: String) -> Self {
+        HexKey(Zeroizing::new(text))
+    }
+}
+
+impl fmt::Debug for HexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HexKey(redacted)")
+    }
 }
 
 /// Record selection for `ls` and `extract`.
@@ -222,4 +253,36 @@ pub struct FilterArgs {
     /// folder, '**' crosses folders), e.g. 'Library/SMS/**'.
     #[arg(long, value_name = "GLOB")]
     pub path: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
+    const DEVICE_KEY: &str = "793b52fd8ca0b58f37cfdde966237ceb";
+
+    /// A panic message or a log line that shows the parsed command line shows no key.
+    #[test]
+    fn debug_of_the_command_line_hides_the_keys() {
+        for args in [
+            vec!["keybag", "info", "B", "--derived-key", KEY],
+            vec!["keybag", "keychain", "B", "--device-key", DEVICE_KEY],
+            vec![
+                "keybag",
+                "device",
+                "import",
+                "D",
+                "B",
+                "--device-key",
+                DEVICE_KEY,
+            ],
+        ] {
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let shown = format!("{cli:?} {cli:#?}");
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(!shown.contains(DEVICE_KEY), "{shown}");
+            assert!(shown.contains("redacted"), "{shown}");
+        }
+    }
 }

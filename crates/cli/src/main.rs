@@ -57,17 +57,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// The one line a panic prints: its message, control characters escaped, and nothing
+/// else (no location, backtrace or environment). No secret can be in the message: every
+/// type holding one has a redacted `Debug` (each crate's `tests/debug_redacted.rs`) and none
+/// has `Display`.
+fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    format!("keybag: internal error: {}", output::sanitize(&msg))
+}
+
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        eprintln!("keybag: internal error: {}", output::sanitize(&msg));
-    }));
+    std::panic::set_hook(Box::new(|info| eprintln!("{}", panic_line(info.payload()))));
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -76,5 +81,42 @@ fn main() -> ExitCode {
             eprintln!("keybag: {}", exit::message(&e));
             ExitCode::from(exit::code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_prints_its_message_only() {
+        assert_eq!(
+            panic_line(&"index out of bounds"),
+            "keybag: internal error: index out of bounds"
+        );
+        assert_eq!(
+            panic_line(&String::from("two\nlines\u{1b}[2J")),
+            "keybag: internal error: two\\nlines\\u{1b}[2J"
+        );
+        assert_eq!(panic_line(&42u8), "keybag: internal error: unknown");
+        let caught = std::panic::catch_unwind(|| {
+            let args = args::BackupArgs {
+                dir: "B".into(),
+                json: false,
+                password_file: None,
+                derived_key: Some(String::from("44a316ca4293d559").into()),
+                derived_key_file: None,
+                device_key: None,
+                device_key_file: None,
+            };
+            panic!("bug with {args:?}")
+        })
+        .unwrap_err();
+        let line = panic_line(&*caught);
+        assert!(
+            line.starts_with("keybag: internal error: bug with BackupArgs"),
+            "{line}"
+        );
+        assert!(!line.contains("44a316ca4293d559"), "{line}");
     }
 }

@@ -93,12 +93,12 @@ pub(crate) fn read_key_file<const N: usize>(path: &Path, what: &str) -> Result<S
 /// Parses `--derived-key`, `--device-key` and their file forms (exit 2 when malformed).
 pub fn parse_keys(args: &BackupArgs) -> Result<Keys> {
     let derived = match (&args.derived_key, &args.derived_key_file) {
-        (Some(hex), _) => Some(parse_hex::<32>(hex, "--derived-key")?),
+        (Some(hex), _) => Some(parse_hex::<32>(hex.as_str(), "--derived-key")?),
         (None, Some(path)) => Some(read_key_file::<32>(path, "--derived-key-file")?),
         (None, None) => None,
     };
     let device = match (&args.device_key, &args.device_key_file) {
-        (Some(hex), _) => Some(parse_hex::<16>(hex, "--device-key")?),
+        (Some(hex), _) => Some(parse_hex::<16>(hex.as_str(), "--device-key")?),
         (None, Some(path)) => Some(read_key_file::<16>(path, "--device-key-file")?),
         (None, None) => None,
     };
@@ -167,7 +167,7 @@ pub fn password(args: &BackupArgs) -> Result<Zeroizing<Vec<u8>>> {
     }
     Err(exit::other(format!(
         "{}: the backup is encrypted and no password was given: use {PASSWORD_ENV}, \
-         --password-file, --derived-key or a terminal",
+         --password-file, --derived-key-file or a terminal",
         args.dir.display()
     )))
 }

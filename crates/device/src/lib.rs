@@ -201,8 +201,8 @@ impl Default for PutOptions {
     }
 }
 
-/// A decrypted keychain item.
-#[derive(Clone, Debug)]
+/// A decrypted keychain item. `Debug` hides its secret (`v_Data`, whatever its type).
+#[derive(Clone)]
 pub struct KeychainItem {
     /// `genp`, `inet`, `cert` or `keys`.
     pub table: String,
@@ -212,4 +212,77 @@ pub struct KeychainItem {
     pub class: ProtectionClass,
     /// Attributes: `v_Data` (the secret), `agrp`, `svce`/`srvr`, `acct`, `labl`, `pdmn`, `cdat`, `mdat`, ….
     pub attributes: BTreeMap<String, DerValue>,
+}
+
+impl fmt::Debug for KeychainItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeychainItem")
+            .field("table", &self.table)
+            .field("rowid", &self.rowid)
+            .field("class", &self.class)
+            .field(
+                "attributes",
+                &mobilebackup::keychain::der::RedactedAttributes(&self.attributes),
+            )
+            .finish()
+    }
+}
+
+// `Debug` of the options that carry passcodes, passwords and keys: whether each is given,
+// never its value (so that a derived `Debug` on a type holding one cannot leak it either).
+// Kept here, together, rather than beside each type.
+
+/// `Some(redacted)` or `None`.
+fn given<T>(secret: &Option<T>) -> fmt::Arguments<'static> {
+    match secret {
+        Some(_) => format_args!("Some(redacted)"),
+        None => format_args!("None"),
+    }
+}
+
+impl fmt::Debug for InitOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitOptions")
+            .field("name", &self.name)
+            .field("passcode", &given(&self.passcode))
+            .field("model", &self.model)
+            .field("ios_version", &self.ios_version)
+            .field("passcode_iterations", &self.passcode_iterations)
+            .field("wipe_after_10", &self.wipe_after_10)
+            .finish()
+    }
+}
+
+impl fmt::Debug for backup::BackupOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("password", &given(&self.password))
+            .field("dpic", &self.dpic)
+            .finish()
+    }
+}
+
+impl fmt::Debug for restore::RestoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("password", &given(&self.password))
+            .field("passkey", &given(&self.passkey))
+            .field("limits", &self.limits)
+            .field("accept_size_mismatch", &self.accept_size_mismatch)
+            .finish()
+    }
+}
+
+impl fmt::Debug for import::ImportOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportOptions")
+            .field("password", &given(&self.password))
+            .field("passkey", &given(&self.passkey))
+            .field("device_key", &given(&self.device_key))
+            .field("limits", &self.limits)
+            .field("passcode", &given(&self.passcode))
+            .field("passcode_iterations", &self.passcode_iterations)
+            .field("accept_size_mismatch", &self.accept_size_mismatch)
+            .finish()
+    }
 }

@@ -38,6 +38,26 @@ pub struct Credentials {
     pub limits: KdfLimits,
 }
 
+/// Which kind of secret, never the secret (a derived `Debug` would print the password).
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Password(_) => f.write_str("Password(redacted)"),
+            Secret::Passkey(_) => f.write_str("Passkey(redacted)"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("secret", &self.secret)
+            .field("device_key", &self.device_key)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
 /// The kind of a `Files` row.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {

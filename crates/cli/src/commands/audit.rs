@@ -24,11 +24,12 @@ Audit a backup for the person who owns it, most important first:
 
   * what will NOT come back on another iPhone: every ThisDeviceOnly keychain
     item, grouped by app (access group), and why (sealed with the original
-    iPhone's UID key 0x835); with --device-key their app and account are named;
+    iPhone's UID key 0x835); with --device-key-file their app and account are
+    named;
   * the password: key-derivation rounds, the cost of one guess measured on this
     machine, and - when the password itself was given (KEYBAG_PASSWORD or
-    --password-file, not --derived-key) - its strength (zxcvbn) and time to
-    guess it; the password never appears in the output;
+    --password-file, not --derived-key-file) - its strength (zxcvbn) and time
+    to guess it; the password never appears in the output;
   * what only an encrypted backup holds (Health, saved passwords, Wi-Fi, call
     and Safari history) and what no backup holds (akpu keychain items, app
     caches and tmp, app bundles, excluded files), saying whether this backup

@@ -12,6 +12,7 @@ use device::import::ImportOptions;
 use device::restore::RestoreOptions;
 use zeroize::Zeroizing;
 
+use crate::args::HexKey;
 use crate::exit;
 use crate::output::{human_bytes, plural, print_json, sanitize, thousands};
 use crate::secrets::{parse_hex, read_key_file, read_password_file, PASSWORD_ENV};
@@ -71,7 +72,7 @@ pub struct RestoreCmd {
     pub json: bool,
 }
 
-/// `keybag device import DIR BACKUP [--device-key HEX]`.
+/// `keybag device import DIR BACKUP [--device-key-file FILE]`.
 #[derive(Debug, Args)]
 pub struct ImportCmd {
     /// The device folder to create.
@@ -88,9 +89,9 @@ pub struct ImportCmd {
     #[arg(long, value_name = "FILE", conflicts_with = "password_file")]
     pub derived_key_file: Option<PathBuf>,
     /// The original phone's device key 0x835 (32 hex digits): imports its ThisDeviceOnly
-    /// keychain items too.
+    /// keychain items too. Other users can read a command line: prefer --device-key-file.
     #[arg(long, value_name = "HEX", conflicts_with = "device_key_file")]
-    pub device_key: Option<String>,
+    pub device_key: Option<HexKey>,
     /// Read the original phone's device key 0x835 from FILE (32 hex digits or 16 raw bytes).
     #[arg(long, value_name = "FILE")]
     pub device_key_file: Option<PathBuf>,
@@ -351,7 +352,7 @@ pub fn run_restore(cmd: &RestoreCmd) -> Result<u8> {
 /// `keybag device import`.
 pub fn run_import(cmd: &ImportCmd) -> Result<u8> {
     let device_key = match (&cmd.device_key, &cmd.device_key_file) {
-        (Some(hex), _) => Some(parse_hex::<16>(hex, "--device-key")?),
+        (Some(hex), _) => Some(parse_hex::<16>(hex.as_str(), "--device-key")?),
         (None, Some(p)) => Some(read_key_file::<16>(p, "--device-key-file")?),
         (None, None) => None,
     };
@@ -412,7 +413,7 @@ pub enum BackupCommand {
     /// per the outcome matrix (ThisDeviceOnly ones only from this same device).
     Restore(RestoreCmd),
     /// Create a device folder from a real iOS backup (ThisDeviceOnly keychain items only with
-    /// --device-key).
+    /// --device-key-file).
     Import(ImportCmd),
 }
 

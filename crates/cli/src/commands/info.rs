@@ -225,7 +225,7 @@ pub fn print_summary(out: &mut dyn Write, info: &Info) -> Result<()> {
         );
         if !kb.sealed_classes.is_empty() {
             s.push_str(&format!(
-                "; sealed to the device: {} (--device-key opens them)",
+                "; sealed to the device: {} (--device-key-file opens them)",
                 class_list(&kb.sealed_classes)
             ));
         }

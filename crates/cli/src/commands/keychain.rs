@@ -393,7 +393,7 @@ pub fn run(args: &BackupArgs, show_secrets: bool, format: Option<KeychainFormat>
                 {
                     writeln!(
                         out,
-                        "Sealed items open with --device-key (the original device's key 0x835)."
+                        "Sealed items open with --device-key-file (the original device's key 0x835)."
                     )?;
                 }
             }

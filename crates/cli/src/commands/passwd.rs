@@ -26,10 +26,10 @@ file are untouched (classes sealed to the device keep that layer too). There is
 no way to remove the encryption in place: `keybag decrypt` writes an unencrypted
 copy.
 
-The current password comes from the usual sources (below) or --derived-key. The
-new one comes from --new-password-file FILE, else the KEYBAG_NEW_PASSWORD
-environment variable, else a prompt, asked twice, when stdin is a terminal. It is
-never accepted as an argument.
+The current password comes from the usual sources (below) or
+--derived-key-file. The new one comes from --new-password-file FILE, else the
+KEYBAG_NEW_PASSWORD environment variable, else a prompt, asked twice, when stdin
+is a terminal. It is never accepted as an argument.
 
 Only Manifest.plist is rewritten, and crash-safely: it is copied to
 Manifest.plist.bak, the new one is written to a temp file and renamed into

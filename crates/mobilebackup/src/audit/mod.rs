@@ -65,6 +65,21 @@ impl Default for AuditOptions<'_> {
     }
 }
 
+/// Whether a password is given, never the password.
+impl std::fmt::Debug for AuditOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditOptions")
+            .field(
+                "password",
+                &self.password.map(|_| format_args!("(redacted)")),
+            )
+            .field("deep", &self.deep)
+            .field("sample_rounds", &self.sample_rounds)
+            .field("progress", &self.progress.map(|_| format_args!("Fn")))
+            .finish()
+    }
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditReport {

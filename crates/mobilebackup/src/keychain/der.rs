@@ -22,7 +22,8 @@
 //! reproduce the input. Dictionary keys must be strings (they always are in keychain items).
 //!
 //! Byte strings are held in [`Zeroizing`] buffers (an item's secret `v_Data` is one), and
-//! `Debug` prints only their length.
+//! `Debug` prints only their length. An item's attributes print through
+//! [`RedactedAttributes`], which also hides a `v_Data` stored as a string.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -77,6 +78,28 @@ impl fmt::Debug for DerValue {
             Self::Array(a) => f.debug_tuple("Array").field(a).finish(),
             Self::Dict(d) => f.debug_tuple("Dict").field(d).finish(),
         }
+    }
+}
+
+/// The name of a keychain item's secret attribute.
+pub const SECRET_ATTRIBUTE: &str = "v_Data";
+
+/// A keychain item's attributes for `Debug`: every value as [`DerValue`] shows it (data as
+/// its length), except the secret [`SECRET_ATTRIBUTE`], hidden whatever its type (a hostile
+/// or odd item may hold it as a string).
+pub struct RedactedAttributes<'a>(pub &'a BTreeMap<String, DerValue>);
+
+impl fmt::Debug for RedactedAttributes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in self.0 {
+            if k == SECRET_ATTRIBUTE {
+                map.entry(k, &format_args!("(redacted)"));
+            } else {
+                map.entry(k, v);
+            }
+        }
+        map.finish()
     }
 }
 

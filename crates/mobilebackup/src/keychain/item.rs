@@ -69,8 +69,8 @@ impl ItemState {
 /// A keychain item of `keychain-backup.plist`.
 ///
 /// Secrets (`v_Data` and every other data attribute) are wiped from memory on drop, and
-/// `Debug` never prints them.
-#[derive(Clone, Debug)]
+/// `Debug` never prints them ([`der::RedactedAttributes`]).
+#[derive(Clone)]
 pub struct Item {
     /// The table: `genp`, `inet`, `cert` or `keys`.
     pub table: String,
@@ -89,6 +89,21 @@ pub struct Item {
     pub attributes: BTreeMap<String, DerValue>,
     /// Problems that did not stop decoding (non-canonical DER, odd persistent refs, …).
     pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("table", &self.table)
+            .field("persistent_ref", &self.persistent_ref)
+            .field("rowid", &self.rowid)
+            .field("version", &self.version)
+            .field("class", &self.class)
+            .field("state", &self.state)
+            .field("attributes", &der::RedactedAttributes(&self.attributes))
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 impl Item {

@@ -35,8 +35,8 @@ use super::{DOMAIN, KEYBAG_UUID_KEY, RELATIVE_PATH};
 use crate::writer::{BackupWriter, Content, Kind, NewRecord};
 use crate::{Error, Result};
 
-/// One item to write.
-#[derive(Clone, Debug)]
+/// One item to write. `Debug` hides its secret ([`der::RedactedAttributes`]).
+#[derive(Clone)]
 pub struct NewKeychainItem {
     /// `genp`, `inet`, `cert` or `keys`.
     pub table: String,
@@ -46,6 +46,17 @@ pub struct NewKeychainItem {
     pub attributes: BTreeMap<String, DerValue>,
     /// The rowid in `v_PersistentRef`; `None` takes the next free one of the table.
     pub rowid: Option<u64>,
+}
+
+impl std::fmt::Debug for NewKeychainItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKeychainItem")
+            .field("table", &self.table)
+            .field("class", &self.class)
+            .field("attributes", &der::RedactedAttributes(&self.attributes))
+            .field("rowid", &self.rowid)
+            .finish()
+    }
 }
 
 impl NewKeychainItem {
