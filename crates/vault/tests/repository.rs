@@ -1,0 +1,300 @@
+//! The repository end to end on a local folder: init, open, push, read back, dedup, check
+//! (and what it finds in a damaged repository), forget, prune, rollback detection, keys.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vault::check::check;
+use vault::forget::{forget, KeepPolicy};
+use vault::keys::{Argon2Params, Params, RecoveryKey, Secret, MIN_MEMORY_KIB};
+use vault::prune::{prune, PruneOptions};
+use vault::snapshot::ChainState;
+use vault::storage::{Kind, LocalStorage, Storage};
+use vault::tree::{Node, Tree};
+use vault::{Error, Repository, SnapshotInfo, Writer};
+
+fn cheap() -> Option<Argon2Params> {
+    Some(Argon2Params {
+        m_kib: MIN_MEMORY_KIB,
+        t: 1,
+        p: 1,
+    })
+}
+
+/// Small chunks and packs, so a few MB exercise many of both.
+fn small() -> Params {
+    Params {
+        chunk_min: 4 << 10,
+        chunk_avg: 16 << 10,
+        chunk_max: 64 << 10,
+        pack_target: 256 << 10,
+    }
+}
+
+fn data(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn push(repo: &Repository, files: &[(&str, Vec<u8>)], chain: &str) -> vault::Id {
+    let w = Writer::new(repo, None).unwrap();
+    let mut tree = Tree::default();
+    for (name, content) in files {
+        let (chunks, size) = w.add_reader(&mut &content[..]).unwrap();
+        tree.nodes.push(Node {
+            name: name.to_string(),
+            size,
+            meta: vec![],
+            chunks,
+        });
+    }
+    let (id, _) = w
+        .commit(
+            &tree,
+            SnapshotInfo {
+                chain: chain.into(),
+                host: "test".into(),
+                tags: BTreeMap::new(),
+                time_ms: None,
+            },
+            None,
+        )
+        .unwrap();
+    id
+}
+
+fn read_all(repo: &Repository, snapshot: &str) -> BTreeMap<String, Vec<u8>> {
+    let (_, s) = repo.find_snapshot(snapshot).unwrap();
+    let tree = repo.tree(&s).unwrap();
+    tree.nodes
+        .iter()
+        .map(|n| {
+            let mut out = Vec::new();
+            repo.read_chunks(&n.chunks, &mut out).unwrap();
+            (n.name.clone(), out)
+        })
+        .collect()
+}
+
+fn stored_bytes(s: &dyn Storage) -> u64 {
+    s.list(Kind::Data).unwrap().iter().map(|(_, n)| n).sum()
+}
+
+#[test]
+fn push_read_dedup_check_forget_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let (repo, recovery) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
+    assert!(matches!(
+        Repository::init(storage.clone(), b"pw", cheap(), small()),
+        Err(Error::AlreadyExists { .. })
+    ));
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a", data(1, 3_000_000)),
+        ("b", data(2, 100)),
+        ("empty", vec![]),
+        ("c", data(3, 700_000)),
+    ];
+    // The first push also holds a file no later snapshot has.
+    let mut first = files.clone();
+    first.push(("gone", data(4, 2_000_000)));
+    let s1 = push(&repo, &first, "phone");
+    assert_eq!(
+        read_all(&repo, &s1.to_hex()),
+        first
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.clone()))
+            .collect()
+    );
+    let after_first = stored_bytes(storage.as_ref());
+
+    // The same content again: almost nothing new (a tree and a snapshot).
+    let s2 = push(&repo, &files, "phone");
+    let added = stored_bytes(storage.as_ref()) - after_first;
+    assert!(added < after_first / 50, "{added} of {after_first}");
+    // One file changed in its middle: only chunks around the change are new.
+    let mut changed = files.clone();
+    changed[0].1[1_500_000] ^= 1;
+    let before = stored_bytes(storage.as_ref());
+    let s3 = push(&repo, &changed, "phone");
+    let added = stored_bytes(storage.as_ref()) - before;
+    assert!(added < 300_000, "{added}");
+
+    // Reopen with the password and with the recovery key; a wrong one is refused.
+    let again = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    assert_eq!(read_all(&again, &s3.to_hex())["a"], changed[0].1);
+    let typed = RecoveryKey::parse(&recovery.display()).unwrap();
+    Repository::open(storage.clone(), &Secret::Recovery(&typed)).unwrap();
+    assert!(matches!(
+        Repository::open(storage.clone(), &Secret::Password(b"nope")),
+        Err(Error::WrongSecret)
+    ));
+    let r = check(&again, true, None).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.snapshots, 3);
+
+    // Forget all but the newest, prune twice (mark, then delete after the grace period).
+    let d = forget(
+        &again,
+        &KeepPolicy {
+            last: 1,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!(d.iter().filter(|d| d.reasons.is_empty()).count(), 2);
+    let _ = (s1, s2);
+    let opts = PruneOptions {
+        grace: Duration::from_secs(3600),
+        max_unused: 0.5,
+        ..Default::default()
+    };
+    let p1 = prune(&again, &opts).unwrap();
+    assert!(p1.marked > 0, "{p1:?}");
+    assert_eq!(p1.deleted, 0);
+    assert!(check(&again, true, None).unwrap().problems.is_empty());
+    let later = PruneOptions {
+        now_ms: Some(i64::MAX / 2),
+        ..opts.clone()
+    };
+    let p2 = prune(&again, &later).unwrap();
+    assert!(p2.deleted > 0, "{p2:?}");
+    let r = check(&again, true, None).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(read_all(&again, "latest")["a"], changed[0].1);
+}
+
+#[test]
+fn damage_is_named_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(&root));
+    let (repo, _) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
+    push(
+        &repo,
+        &[("a", data(7, 2_000_000)), ("b", data(8, 50_000))],
+        "x",
+    );
+    let packs = storage.list(Kind::Data).unwrap();
+    assert!(packs.len() >= 3);
+    // A flipped byte in one pack, another pack deleted.
+    let p0 = root.join("data").join(&packs[0].0[..2]).join(&packs[0].0);
+    let mut b = std::fs::read(&p0).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&p0, &b).unwrap();
+    storage.delete(Kind::Data, &packs[1].0).unwrap();
+    let repo = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    let quick = check(&repo, false, None).unwrap();
+    assert!(
+        quick
+            .problems
+            .iter()
+            .any(|p| p.object.ends_with(&packs[1].0) && p.problem.contains("missing")),
+        "{:?}",
+        quick.problems
+    );
+    let deep = check(&repo, true, None).unwrap();
+    assert!(
+        deep.problems
+            .iter()
+            .any(|p| p.object.ends_with(&packs[0].0)
+                && p.problem.contains("does not match its name")),
+        "{:?}",
+        deep.problems
+    );
+    // A truncated index object.
+    let ix = storage.list(Kind::Index).unwrap();
+    let ip = root.join("index").join(&ix[0].0);
+    let b = std::fs::read(&ip).unwrap();
+    std::fs::write(&ip, &b[..b.len() / 2]).unwrap();
+    let repo = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    let r = check(&repo, false, None).unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.object.contains(&ix[0].0)),
+        "{:?}",
+        r.problems
+    );
+}
+
+#[test]
+fn a_store_serving_an_older_state_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let (repo, _) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
+    let state = dir.path().join("state.json");
+    let w = Writer::new(&repo, None).unwrap();
+    let info = || SnapshotInfo {
+        chain: "d".into(),
+        host: "h".into(),
+        ..Default::default()
+    };
+    let (s0, _) = w.commit(&Tree::default(), info(), Some(&state)).unwrap();
+    // Keep the first snapshot aside, push a second, then "roll back" the store.
+    let saved = storage.get(Kind::Snapshots, &s0.to_hex()).unwrap();
+    let w = Writer::new(&repo, None).unwrap();
+    let (s1, snap1) = w.commit(&Tree::default(), info(), Some(&state)).unwrap();
+    assert_eq!(snap1.seq, 1);
+    assert_eq!(snap1.parent, Some(s0));
+    storage.delete(Kind::Snapshots, &s1.to_hex()).unwrap();
+    storage.put(Kind::Snapshots, &s0.to_hex(), &saved).unwrap();
+    let mut st = ChainState::load(&state).unwrap();
+    let e = st.observe(&repo.snapshots().unwrap()).unwrap_err();
+    assert!(matches!(e, Error::Rollback(_)), "{e}");
+    // A snapshot swapped for another's bytes is refused by name.
+    storage.put(Kind::Snapshots, &s1.to_hex(), &saved).unwrap();
+    let e = repo.snapshots().unwrap_err().to_string();
+    assert!(e.contains("does not match its name"), "{e}");
+}
+
+#[test]
+fn keys_can_be_added_removed_and_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let (mut repo, _) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
+    let extra = repo
+        .add_key(&Secret::Password(b"second"), "laptop", cheap())
+        .unwrap();
+    assert_eq!(repo.keys().unwrap().len(), 3);
+    Repository::open(storage.clone(), &Secret::Password(b"second")).unwrap();
+    repo.remove_key(&extra).unwrap();
+    assert!(Repository::open(storage.clone(), &Secret::Password(b"second")).is_err());
+    let current = repo
+        .keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.current)
+        .unwrap();
+    assert!(repo.remove_key(&current.id).is_err());
+
+    let s = push(&repo, &[("f", data(9, 500_000))], "c");
+    let recovery = repo.rotate(b"new pw", cheap()).unwrap();
+    assert_eq!(repo.keys().unwrap().len(), 2);
+    assert!(Repository::open(storage.clone(), &Secret::Password(b"pw")).is_err());
+    let r2 = Repository::open(storage.clone(), &Secret::Password(b"new pw")).unwrap();
+    Repository::open(storage.clone(), &Secret::Recovery(&recovery)).unwrap();
+    assert_eq!(read_all(&r2, &s.to_hex())["f"], data(9, 500_000));
+    // New data under the new epoch; prune --reseal moves the old packs and snapshots.
+    push(&r2, &[("g", data(10, 100_000))], "c");
+    let p = prune(
+        &r2,
+        &PruneOptions {
+            reseal: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(p.repacked > 0 && p.resealed_snapshots == 1, "{p:?}");
+    let r3 = Repository::open(storage.clone(), &Secret::Password(b"new pw")).unwrap();
+    assert!(check(&r3, true, None).unwrap().problems.is_empty());
+    let (_, latest) = r3.find_snapshot("latest").unwrap();
+    assert_eq!(r3.tree(&latest).unwrap().nodes[0].name, "g");
+}
