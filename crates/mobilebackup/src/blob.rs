@@ -67,7 +67,11 @@ pub fn read_error(path: &Path, e: std::io::Error) -> Error {
 /// Checking the stored bytes against a `Digest` while they stream.
 struct DigestCheck {
     hasher: Sha1,
-    expected: [u8; 20],
+    /// The record's `Digest`; `None` when the stored bytes are only hashed
+    /// ([`BlobReader::hash_stored`]).
+    expected: Option<[u8; 20]>,
+    /// The SHA-1 of every stored byte, once read.
+    actual: Option<[u8; 20]>,
     /// Fail the final read on a mismatch (restore, import) instead of only reporting it.
     strict: bool,
     /// Set once every stored byte was hashed.
@@ -199,12 +203,33 @@ impl BlobReader {
         if let Ok(expected) = <[u8; 20]>::try_from(expected) {
             self.digest = Some(DigestCheck {
                 hasher: Sha1::new(),
-                expected,
+                expected: Some(expected),
+                actual: None,
                 strict,
                 result: None,
             });
         }
         self
+    }
+
+    /// Hashes the stored bytes (SHA-1) as they stream, without comparing them to anything:
+    /// [`BlobReader::stored_sha1`] gives the hash once the last byte was read. Replaces a
+    /// [`BlobReader::check_digest`] set before.
+    pub fn hash_stored(mut self) -> Self {
+        self.digest = Some(DigestCheck {
+            hasher: Sha1::new(),
+            expected: None,
+            actual: None,
+            strict: false,
+            result: None,
+        });
+        self
+    }
+
+    /// The SHA-1 of the stored bytes, once every one was read (with [`BlobReader::hash_stored`]
+    /// or [`BlobReader::check_digest`]).
+    pub fn stored_sha1(&self) -> Option<[u8; 20]> {
+        self.digest.as_ref()?.actual
     }
 
     /// After the whole plaintext was read: the mismatch, if the blob was checked against a
@@ -243,9 +268,10 @@ impl BlobReader {
             self.cipher_left -= n as u64;
         }
         let actual: [u8; 20] = std::mem::take(&mut d.hasher).finalize().into();
-        let mismatch = (actual != d.expected).then(|| DigestMismatch {
+        d.actual = Some(actual);
+        let mismatch = d.expected.filter(|e| *e != actual).map(|e| DigestMismatch {
             path: self.path.clone(),
-            expected: hex::encode(d.expected),
+            expected: hex::encode(e),
             actual: hex::encode(actual),
         });
         d.result = Some(mismatch.clone());

@@ -1,0 +1,360 @@
+//! Push: a Finder/iTunes backup folder into a vault snapshot.
+//!
+//! Every regular file of the folder becomes a tree node. With the backup's password (or
+//! derived key), the blobs of encrypted files and the encrypted `Manifest.db` are stored as
+//! plaintext with their keys ([`Stored::Rekey`]): a new backup of the same phone, whose files
+//! are all encrypted under fresh keys, then stores almost nothing new. A blob that would not
+//! come back byte for byte that way (bad padding, empty, a length not a multiple of 16) and
+//! every file of a backup pushed without the password are stored as they are. Each file's
+//! SHA-1 is recorded, and pull writes nothing that does not match it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use mobilebackup::blob::BlobReader;
+use mobilebackup::layout::{is_valid_file_id, MANIFEST_DB};
+use mobilebackup::safe_fs::open_regular;
+use mobilebackup::{Backup, Catalog, Credentials, RecordKind};
+use rayon::prelude::*;
+use sha1::{Digest, Sha1};
+use vault::tree::{Node, Tree};
+use vault::{Id, Repository, SnapshotInfo, Writer};
+
+use crate::model::{Annex, DeviceMeta, FileMeta, Rec, RecKind, Stored};
+use crate::{Error, Result};
+
+/// How to push.
+#[derive(Default)]
+pub struct PushOptions<'a> {
+    /// Unlocks an encrypted backup, so its files are stored re-keyable (deduplicated across
+    /// backups). Without it they are stored as they are.
+    pub credentials: Option<Credentials>,
+    /// The pushing machine's name.
+    pub host: String,
+    /// The client's chain-state file (rollback detection), if any.
+    pub state: Option<PathBuf>,
+    /// Told the bytes of each chunk processed.
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PushReport {
+    /// The new snapshot.
+    pub snapshot: Id,
+    /// Its chain (the phone's UDID).
+    pub chain: String,
+    /// Its sequence number in the chain.
+    pub seq: u64,
+    /// The phone.
+    pub device: DeviceMeta,
+    /// Files of the backup folder stored.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Of which stored as plaintext with their keys.
+    pub rekeyed: u64,
+    /// Of which stored as they are.
+    pub raw: u64,
+    /// Plaintext bytes of chunks the repository did not have.
+    pub new_bytes: u64,
+    /// Bytes of packs uploaded.
+    pub stored_bytes: u64,
+    /// What was not stored or not read, and why.
+    pub notes: Vec<String>,
+}
+
+/// A reader that hashes what passes.
+struct Hashing<R> {
+    inner: R,
+    sha1: Sha1,
+    len: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha1.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Every regular file under `root` (relative, `/`-separated), never following a symlink;
+/// anything else is noted.
+fn walk(root: &Path, notes: &mut Vec<String>) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let dir = root.join(&rel);
+        for e in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let e = e.map_err(Error::io(&dir))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                notes.push(format!(
+                    "{}: name is not UTF-8; not stored",
+                    dir.join(e.file_name()).display()
+                ));
+                continue;
+            };
+            let r = rel.join(name);
+            let t = e.file_type().map_err(Error::io(e.path()))?;
+            if t.is_dir() {
+                todo.push(r);
+            } else if t.is_file() {
+                out.push(r.to_string_lossy().replace('\\', "/"));
+            } else {
+                notes.push(format!(
+                    "{}: not a regular file (symlink, FIFO, socket or device); not stored",
+                    r.display()
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn records(cat: &Catalog) -> Vec<Rec> {
+    cat.records
+        .iter()
+        .map(|r| {
+            let f = r.file.as_ref();
+            Rec {
+                domain: r.domain.clone(),
+                path: r.relative_path.clone(),
+                kind: match r.kind() {
+                    RecordKind::File => RecKind::File,
+                    RecordKind::Directory => RecKind::Dir,
+                    RecordKind::Symlink => RecKind::Symlink,
+                    RecordKind::Other(f) => RecKind::Other(f),
+                },
+                file_id: r.file_id.clone(),
+                size: r.size(),
+                mtime: f.map_or(0, |f| f.mtime),
+                class: r.protection_class().0,
+                mode: f.map_or(0, |f| f.mode),
+                target: f.and_then(|f| f.target.clone()),
+            }
+        })
+        .collect()
+}
+
+fn unix(t: Option<std::time::SystemTime>) -> Option<i64> {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+}
+
+/// Pushes the backup folder `dir` into `repo` as one snapshot.
+pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<PushReport> {
+    let mut backup = Backup::open(dir)?;
+    let mut notes = Vec::new();
+    if backup.is_encrypted() {
+        if let Some(c) = &opts.credentials {
+            backup.unlock(c)?;
+        } else {
+            notes.push(
+                "encrypted backup pushed without its password: files stored as they are (a \
+                 later backup of the phone, encrypted under new keys, will not deduplicate)"
+                    .into(),
+            );
+        }
+    }
+    let unlocked = backup.is_encrypted() && backup.keys().is_some();
+    let catalog = match backup.catalog() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            notes.push(format!(
+                "Manifest.db cannot be read ({e}): every file stored as it is, no records listed"
+            ));
+            None
+        }
+    };
+    // The record (and its key) of each blob: the first row with that fileID.
+    let mut by_id: HashMap<&str, &mobilebackup::Record> = HashMap::new();
+    if let Some(cat) = &catalog {
+        for r in &cat.records {
+            if r.problem.is_none() && r.kind() == RecordKind::File {
+                by_id.entry(r.file_id.as_str()).or_insert(r);
+            }
+        }
+    }
+    let info = backup.device();
+    let device = DeviceMeta {
+        name: info.device_name.clone(),
+        udid: info.udid.clone(),
+        product: info.product_type.clone(),
+        ios: info.product_version.clone(),
+    };
+    let backup_date = unix(backup.status().and_then(|s| s.date))
+        .or_else(|| unix(backup.manifest().and_then(|m| m.date)))
+        .or_else(|| unix(backup.info().and_then(|i| i.last_backup_date)));
+
+    let files = walk(dir, &mut notes)?;
+    let writer = Writer::new(repo, opts.progress)?;
+    let notes = Mutex::new(notes);
+    let nodes: Vec<Option<(Node, bool)>> = files
+        .par_iter()
+        .map(|rel| {
+            let path = dir.join(rel);
+            let note = |m: String| notes.lock().expect("lock").push(m);
+            match store_file(&backup, &writer, &path, rel, unlocked, &by_id) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    note(format!("{rel}: not stored: {e}"));
+                    None
+                }
+            }
+        })
+        .collect::<Vec<_>>();
+    let mut tree = Tree::default();
+    let (mut rekeyed, mut raw) = (0u64, 0u64);
+    for (node, rk) in nodes.into_iter().flatten() {
+        if rk {
+            rekeyed += 1;
+        } else {
+            raw += 1;
+        }
+        tree.nodes.push(node);
+    }
+    let notes = notes.into_inner().expect("lock");
+    let annex = Annex {
+        version: 1,
+        device: device.clone(),
+        backup_date,
+        encrypted: backup.is_encrypted(),
+        unlocked,
+        records: catalog.as_ref().map(records).unwrap_or_default(),
+        notes: notes.clone(),
+    };
+    tree.annex = annex.encode();
+    let chain = device
+        .udid
+        .clone()
+        .unwrap_or_else(|| "unknown-device".into());
+    let mut tags = BTreeMap::new();
+    for (k, v) in [
+        ("device_name", &device.name),
+        ("udid", &device.udid),
+        ("product", &device.product),
+        ("ios", &device.ios),
+    ] {
+        if let Some(v) = v {
+            tags.insert(k.to_string(), v.clone());
+        }
+    }
+    if let Some(d) = backup_date {
+        tags.insert("backup_date".into(), d.to_string());
+    }
+    let (id, snap) = writer.commit(
+        &tree,
+        SnapshotInfo {
+            chain: chain.clone(),
+            host: opts.host.clone(),
+            tags,
+            time_ms: None,
+        },
+        opts.state.as_deref(),
+    )?;
+    Ok(PushReport {
+        snapshot: id,
+        chain,
+        seq: snap.seq,
+        device,
+        files: snap.summary.files,
+        bytes: snap.summary.bytes,
+        rekeyed,
+        raw,
+        new_bytes: snap.summary.new_bytes,
+        stored_bytes: snap.summary.stored_bytes,
+        notes,
+    })
+}
+
+/// The key of a file that can be stored re-keyable, if it can.
+fn rekey_key(
+    backup: &Backup,
+    rel: &str,
+    unlocked: bool,
+    by_id: &HashMap<&str, &mobilebackup::Record>,
+) -> Option<dataprotection::Key256> {
+    if !unlocked {
+        return None;
+    }
+    let keys = backup.keys()?;
+    if rel == MANIFEST_DB {
+        let mk = backup.manifest()?.manifest_key.as_ref()?;
+        return keys.unwrap_persistent(mk).ok();
+    }
+    let (shard, id) = rel.split_once('/')?;
+    if !is_valid_file_id(id) || shard != &id[..2] {
+        return None;
+    }
+    let rec = by_id.get(id)?;
+    let wrapped = rec.file.as_ref()?.encryption_key.as_ref()?;
+    keys.unwrap_persistent(wrapped).ok()
+}
+
+/// Stores one file; returns its node and whether it is re-keyable.
+fn store_file(
+    backup: &Backup,
+    writer: &Writer<'_>,
+    path: &Path,
+    rel: &str,
+    unlocked: bool,
+    by_id: &HashMap<&str, &mobilebackup::Record>,
+) -> Result<(Node, bool)> {
+    let file = open_regular(path)?;
+    let meta = file.metadata().map_err(Error::io(path))?;
+    let mtime = filetime::FileTime::from_last_modification_time(&meta).unix_seconds();
+    let len = meta.len();
+    drop(file);
+    if let Some(key) = rekey_key(backup, rel, unlocked, by_id) {
+        // Only a blob that re-encrypts to the very same bytes: whole blocks, valid padding.
+        if len > 0 && len % 16 == 0 {
+            let r = BlobReader::encrypted(path, &key)?;
+            if r.padding_ok() {
+                let mut r = r.hash_stored();
+                let (chunks, size) = writer.add_reader(&mut r)?;
+                if let Some(sha1) = r.stored_sha1() {
+                    let node = Node {
+                        name: rel.to_string(),
+                        size,
+                        meta: FileMeta {
+                            stored: Stored::Rekey {
+                                key: *key.as_bytes(),
+                            },
+                            len,
+                            sha1,
+                            mtime,
+                        }
+                        .encode(),
+                        chunks,
+                    };
+                    return Ok((node, true));
+                }
+            }
+        }
+    }
+    let mut r = Hashing {
+        inner: open_regular(path)?,
+        sha1: Sha1::new(),
+        len: 0,
+    };
+    let (chunks, size) = writer.add_reader(&mut r)?;
+    let node = Node {
+        name: rel.to_string(),
+        size,
+        meta: FileMeta {
+            stored: Stored::Raw,
+            len: r.len,
+            sha1: r.sha1.finalize().into(),
+            mtime,
+        }
+        .encode(),
+        chunks,
+    };
+    Ok((node, false))
+}
