@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of keybag for SECONDS each (default 60), one after the other.
 #
-#   scripts/fuzz.sh [--merge] [--seed] [--target NAME]... [SECONDS]
+#   scripts/fuzz.sh [--merge] [--seed] [--runs N] [--target NAME]... [SECONDS]
 #
 # Needs the nightly toolchain; installs cargo-fuzz from crates.io when it is missing.
 # Each target runs as a single libFuzzer process (no -jobs/-workers: one process at a time,
@@ -16,6 +16,7 @@
 #   --seed         first regenerate the seeds from testdata/ and keybag's writers
 #                  (crates/fuzzing/examples/seeds.rs) into fuzz/seeds and merge them into
 #                  fuzz/corpus the same way
+#   --runs N       stop a target after N executions if that comes before SECONDS
 #   --target NAME  run only NAME (repeatable)
 #
 # A finding becomes a regression test: copy the artifact to fuzz/regressions/<target>/<name>
@@ -29,12 +30,14 @@ seconds=60
 merge=0
 seed=0
 only=()
+runs=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --merge) merge=1 ;;
         --seed) seed=1 ;;
         --target) only+=("$2"); shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --runs) runs=("-runs=$2"); shift ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *[!0-9]*|'') echo "fuzz.sh: unknown argument $1" >&2; exit 2 ;;
         *) seconds="$1" ;;
     esac
@@ -79,7 +82,7 @@ for t in "${targets[@]}"; do
     start=$(date +%s)
     set +e
     nice -n 10 "$bin_dir/$t" "scratch/$t" "corpus/$t" \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -max_total_time="$seconds" "${runs[@]}" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     status=$?
     set -e
