@@ -346,6 +346,10 @@ pub fn keychain_item(data: &[u8]) {
             let (blob, cbc_plain) = seal(version, static_iv, class_raw, class_key, plain);
             let it = item::open(table, &blob, Some(keys));
             check_item(&it);
+            if blob.len() > item::MAX_ITEM_BYTES {
+                assert!(it.state != ItemState::Open, "an item over the cap opened");
+                return;
+            }
             assert_eq!(it.version, Some(version));
             assert_eq!(it.class, Some(class));
             let expected: Option<BTreeMap<String, DerValue>> =
