@@ -11,8 +11,9 @@
 # (executions from libFuzzer's final stat::number_of_executed_units, time, exec/s, corpus,
 # new inputs, findings) and exits non-zero when any target found something.
 #
-#   --merge        minimize the new inputs of fuzz/scratch/<target> into fuzz/corpus/<target>
-#                  (libFuzzer -merge=1, which keeps only inputs that add coverage)
+#   --merge        merge the new inputs of fuzz/scratch/<target> into fuzz/corpus/<target>
+#                  and minimize the result (cargo fuzz cmin with -use_counters=0: the
+#                  smallest set of inputs that keeps every covered edge)
 #   --seed         first regenerate the seeds from testdata/ and keybag's writers
 #                  (crates/fuzzing/examples/seeds.rs) into fuzz/seeds and merge them into
 #                  fuzz/corpus the same way
@@ -70,7 +71,9 @@ if [ "$seed" = 1 ]; then
     (cd "$repo" && nice -n 10 cargo run --release -q -p keybag-fuzzing --example seeds -- fuzz/seeds)
     for t in "${targets[@]}"; do
         mkdir -p "corpus/$t"
-        nice -n 10 "$bin_dir/$t" -merge=1 "corpus/$t" "seeds/$t" >"seeds/$t.merge.log" 2>&1
+        cp "seeds/$t"/* "corpus/$t"/
+        nice -n 10 cargo +nightly fuzz cmin "${fuzz_flags[@]}" "$t" "corpus/$t" -- \
+            -use_counters=0 -rss_limit_mb=2048 -timeout=10 >"seeds/$t.merge.log" 2>&1
     done
 fi
 
@@ -102,7 +105,9 @@ for t in "${targets[@]}"; do
         result="ok"
     fi
     if [ "$merge" = 1 ] && [ "$new" -gt 0 ]; then
-        nice -n 10 "$bin_dir/$t" -merge=1 "corpus/$t" "scratch/$t" >"scratch/$t.merge.log" 2>&1
+        cp "scratch/$t"/* "corpus/$t"/
+        nice -n 10 cargo +nightly fuzz cmin "${fuzz_flags[@]}" "$t" "corpus/$t" -- \
+            -use_counters=0 -rss_limit_mb=2048 -timeout=10 >"scratch/$t.merge.log" 2>&1
         files=$(find "corpus/$t" -type f | wc -l)
         bytes=$(find "corpus/$t" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
     fi
