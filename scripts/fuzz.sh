@@ -82,6 +82,7 @@ summary=()
 for t in "${targets[@]}"; do
     mkdir -p "scratch/$t" "artifacts/$t" "corpus/$t"
     log="scratch/$t.log"
+    before=$(find "scratch/$t" -type f | wc -l)
     start=$(date +%s)
     set +e
     nice -n 10 "$bin_dir/$t" "scratch/$t" "corpus/$t" \
@@ -95,7 +96,7 @@ for t in "${targets[@]}"; do
     rate=$(( execs / (took > 0 ? took : 1) ))
     files=$(find "corpus/$t" -type f | wc -l)
     bytes=$(find "corpus/$t" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
-    new=$(find "scratch/$t" -type f | wc -l)
+    new=$(( $(find "scratch/$t" -type f | wc -l) - before ))
     found=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tr '\n' ' ')
     if [ "$status" -ne 0 ] || [ -n "$found" ]; then
         failed=1
@@ -104,7 +105,7 @@ for t in "${targets[@]}"; do
     else
         result="ok"
     fi
-    if [ "$merge" = 1 ] && [ "$new" -gt 0 ]; then
+    if [ "$merge" = 1 ] && [ -n "$(ls -A "scratch/$t")" ]; then
         cp "scratch/$t"/* "corpus/$t"/
         nice -n 10 cargo +nightly fuzz cmin "${fuzz_flags[@]}" "$t" "corpus/$t" -- \
             -use_counters=0 -rss_limit_mb=2048 -timeout=10 >"scratch/$t.merge.log" 2>&1
