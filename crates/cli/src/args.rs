@@ -149,6 +149,14 @@ pub enum Command {
     },
     /// A guided tour on the encrypted sample backup shipped with the source.
     Demo,
+    /// Off-site, end-to-end encrypted, deduplicated storage of phone backups: a local
+    /// folder or S3 (init, push, snapshots, ls, cat, diff, pull, check, forget, prune, key).
+    #[command(after_help = crate::commands::cloud::CLOUD_HELP)]
+    Cloud {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::commands::cloud::CloudCommand,
+    },
     /// A virtual iPhone (a folder): lock states, files, keychain; back it up, restore onto
     /// it, import a real backup.
     #[command(after_help = crate::commands::device::DEVICE_HELP)]

@@ -19,6 +19,8 @@ pub const WRONG_KEY: u8 = 5;
 /// Device locked: a class key is not available now, the device is disabled (try again
 /// later) or was wiped.
 pub const LOCKED: u8 = 6;
+/// A repository shows an older state than this client saw before (rollback).
+pub const ROLLBACK: u8 = 7;
 
 /// An error raised by the CLI itself, with its exit code.
 #[derive(Debug)]
@@ -97,6 +99,25 @@ fn for_device(e: &device::Error) -> u8 {
     }
 }
 
+fn for_vault(e: &vault::Error) -> u8 {
+    use vault::Error as E;
+    match e {
+        E::NotARepository { .. } => FORMAT,
+        E::WrongSecret => WRONG_KEY,
+        E::Corrupt { .. } | E::Missing { .. } => DAMAGE,
+        E::Rollback(_) => ROLLBACK,
+        _ => OTHER,
+    }
+}
+
+fn for_cloud(e: &cloud::Error) -> u8 {
+    match e {
+        cloud::Error::Vault(e) => for_vault(e),
+        cloud::Error::Backup(e) => for_backup(e),
+        _ => OTHER,
+    }
+}
+
 /// The exit code for an error: the first cause the CLI knows decides.
 pub fn code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -111,6 +132,12 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<device::Error>() {
             return for_device(e);
+        }
+        if let Some(e) = cause.downcast_ref::<vault::Error>() {
+            return for_vault(e);
+        }
+        if let Some(e) = cause.downcast_ref::<cloud::Error>() {
+            return for_cloud(e);
         }
     }
     OTHER

@@ -54,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => commands::keychain::run(&backup, show_secrets, format),
         Command::Demo => commands::demo::run(),
         Command::Device { command } => commands::device::run(&command),
+        Command::Cloud { command } => commands::cloud::run(&command),
     }
 }
 

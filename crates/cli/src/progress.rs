@@ -63,3 +63,52 @@ impl Progress {
         }
     }
 }
+
+/// A byte-count progress bar (a total when known), or nothing when stderr is not a terminal.
+pub struct Bytes {
+    bar: Option<ProgressBar>,
+}
+
+impl Bytes {
+    /// A bar labelled `verb`, over `total` bytes (`None`: a counter without an end).
+    pub fn new(total: Option<u64>, verb: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Bytes { bar: None };
+        }
+        let bar = match total {
+            Some(t) => {
+                let b = ProgressBar::new(t);
+                if let Ok(style) = ProgressStyle::with_template(&format!(
+                    "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} (eta {{eta}})"
+                )) {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b
+            }
+            None => {
+                let b = ProgressBar::new_spinner();
+                if let Ok(style) = ProgressStyle::with_template(&format!(
+                    "{{spinner}} {verb} {{bytes}} {{elapsed}}"
+                )) {
+                    b.set_style(style);
+                }
+                b
+            }
+        };
+        Bytes { bar: Some(bar) }
+    }
+
+    /// `n` more bytes done.
+    pub fn add(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

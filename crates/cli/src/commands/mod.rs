@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cat;
+pub mod cloud;
 pub mod decrypt;
 pub mod demo;
 pub mod device;
@@ -81,11 +82,13 @@ impl Filter {
 
     /// True when the record is selected.
     pub fn matches(&self, rec: &Record) -> bool {
-        self.domain.as_ref().is_none_or(|g| g.is_match(&rec.domain))
-            && self
-                .path
-                .as_ref()
-                .is_none_or(|g| g.is_match(&rec.relative_path))
+        self.matches_parts(&rec.domain, &rec.relative_path)
+    }
+
+    /// True when a record of `domain` at `path` is selected.
+    pub fn matches_parts(&self, domain: &str, path: &str) -> bool {
+        self.domain.as_ref().is_none_or(|g| g.is_match(domain))
+            && self.path.as_ref().is_none_or(|g| g.is_match(path))
     }
 
     /// True when no filter was given.
