@@ -125,6 +125,14 @@ impl ChainState {
         Ok(())
     }
 
+    /// Records a snapshot this client has just written as the newest of its chain.
+    pub fn record(&mut self, id: Id, s: &Snapshot) {
+        let e = self.chains.entry(s.chain.clone()).or_insert((s.seq, id));
+        if s.seq >= e.0 {
+            *e = (s.seq, id);
+        }
+    }
+
     /// Refuses a listing that shows any chain older than seen before; then records what it
     /// shows.
     pub fn observe(&mut self, snapshots: &[(Id, Snapshot)]) -> Result<()> {

@@ -246,7 +246,7 @@ impl<'r> Writer<'r> {
         };
         let id = snapshot.store(self.repo.storage(), self.repo.keyring())?;
         if let Some((path, mut st)) = state_file {
-            st.observe(&[(id, snapshot.clone())])?;
+            st.record(id, &snapshot);
             st.save(path)?;
         }
         Ok((id, snapshot))

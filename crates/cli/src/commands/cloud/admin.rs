@@ -249,6 +249,13 @@ pub fn snapshots(cmd: &SnapshotsCmd) -> Result<u8> {
 /// Runs `cloud check`.
 pub fn check(cmd: &CheckCmd) -> Result<u8> {
     let r = repo::open(&cmd.repo)?;
+    // A store serving an older state than this client saw is reported first (exit 7).
+    if let Ok(all) = r.snapshots() {
+        let path = repo::state_file(&cmd.repo, &r);
+        let mut st = vault::snapshot::ChainState::load(&path)?;
+        st.observe(&all)?;
+        st.save(&path)?;
+    }
     let bar = crate::progress::Bytes::new(None, "reading packs");
     let progress = |n: u64| bar.add(n);
     let report = vault::check::check(&r, cmd.read_data, Some(&progress))?;
