@@ -442,3 +442,89 @@ fn check_names_damage_and_pull_never_writes_a_wrong_byte() {
         );
     }
 }
+
+#[test]
+fn keys_forget_and_prune_from_the_command_line() {
+    let e = Env::new();
+    let ok = |o: &Out| assert_eq!(o.code, 0, "{}", o.stderr);
+    // A second password, listed, then removed; a new recovery key opens the repository.
+    let add = e.cloud(
+        &["key", "add", "--label", "laptop", "--kdf-iterations", "1"],
+        &[("KEYBAG_NEW_REPO_PASSWORD", "second")],
+    );
+    ok(&add);
+    let keys = e.cloud(&["key", "list", "--json"], &[]).json();
+    assert_eq!(keys.as_array().unwrap().len(), 3);
+    ok(&e.cloud(&["snapshots"], &[("KEYBAG_REPO_PASSWORD", "second")]));
+    let laptop = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == "laptop")
+        .unwrap();
+    ok(&e.cloud(
+        &["key", "remove", &laptop["id"].as_str().unwrap()[..12]],
+        &[],
+    ));
+    assert_eq!(
+        e.cloud(&["snapshots"], &[("KEYBAG_REPO_PASSWORD", "second")])
+            .code,
+        5
+    );
+    let rk = e.cloud(&["key", "add", "--recovery"], &[]);
+    ok(&rk);
+    let key_text = rk
+        .text()
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 34 && l.matches('-').count() == 6)
+        .unwrap()
+        .to_string();
+    std::fs::write(e.path("keys/recovery"), &key_text).unwrap();
+    let by_recovery = e.cloud(
+        &[
+            "snapshots",
+            "--recovery-key-file",
+            e.path("keys/recovery").to_str().unwrap(),
+        ],
+        &[("KEYBAG_REPO_PASSWORD", "")],
+    );
+    ok(&by_recovery);
+
+    // Three snapshots; forget keeps the newest; prune marks, then (grace 0) deletes.
+    for _ in 0..3 {
+        e.push(&mvt(), &[]);
+    }
+    let f = e.cloud(&["forget", "--keep-last", "1", "--json"], &[]);
+    ok(&f);
+    let removed = f
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["reasons"].as_array().unwrap().is_empty())
+        .count();
+    assert_eq!(removed, 2);
+    assert_eq!(e.cloud(&["forget"], &[]).code, 2, "a policy is required");
+    ok(&e.cloud(&["prune", "--grace", "0s"], &[]));
+    ok(&e.cloud(&["prune", "--grace", "0s"], &[]));
+    ok(&e.cloud(&["check", "--read-data"], &[]));
+    let out = e.path("out");
+    ok(&e.pull("latest", &out));
+    assert_same_tree(&mvt(), &out);
+
+    // Rotation: only the new password and the new recovery key open it afterwards.
+    let rot = e.cloud(
+        &["key", "rotate", "--kdf-iterations", "1"],
+        &[("KEYBAG_NEW_REPO_PASSWORD", "rotated")],
+    );
+    ok(&rot);
+    assert_eq!(e.cloud(&["snapshots"], &[]).code, 5);
+    let env = [("KEYBAG_REPO_PASSWORD", "rotated")];
+    ok(&e.cloud(&["prune", "--reseal", "--grace", "0s"], &env));
+    ok(&e.cloud(&["check", "--read-data"], &env));
+    let out2 = e.path("out2");
+    let p = e.cloud(&["pull", "latest", out2.to_str().unwrap()], &env);
+    ok(&p);
+    assert_same_tree(&mvt(), &out2);
+}

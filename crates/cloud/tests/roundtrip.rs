@@ -210,25 +210,79 @@ fn no_object_holds_a_name_or_content_in_the_clear() {
         &device::PutOptions::default(),
     )
     .unwrap();
-    let b = t.path().join("backup");
+    let mut item = BTreeMap::new();
+    item.insert(
+        "svce".to_string(),
+        device::DerValue::String("CANARY-KEYCHAIN-SERVICE".into()),
+    );
+    item.insert(
+        "acct".to_string(),
+        device::DerValue::String("CANARY-KEYCHAIN-ACCOUNT".into()),
+    );
+    item.insert(
+        "agrp".to_string(),
+        device::DerValue::String("com.example.group".into()),
+    );
+    item.insert(
+        "v_Data".to_string(),
+        device::DerValue::Data(zeroize::Zeroizing::new(b"CANARY-KEYCHAIN-SECRET".to_vec())),
+    );
+    dev.keychain_add("genp", dataprotection::ProtectionClass(7), item)
+        .unwrap();
+    // An unencrypted backup and an encrypted one pushed with its password (its files and
+    // keychain then go into the vault as plaintext, sealed).
+    let plain = t.path().join("plain");
     device::backup::backup(
         &dev,
-        &b,
+        &plain,
         &device::backup::BackupOptions {
             password: None,
             dpic: 1000,
         },
     )
     .unwrap();
+    let enc = t.path().join("enc");
+    let pw = || zeroize::Zeroizing::new(b"backup pw".to_vec());
+    device::backup::backup(
+        &dev,
+        &enc,
+        &device::backup::BackupOptions {
+            password: Some(pw()),
+            dpic: 1000,
+        },
+    )
+    .unwrap();
     let (_, r) = repo(t.path());
-    push(&r, &b, &PushOptions::default()).unwrap();
-    let needles: [&[u8]; 5] = [
+    push(&r, &plain, &PushOptions::default()).unwrap();
+    let creds = Credentials {
+        secret: Secret::Password(pw()),
+        device_key: None,
+        limits: KdfLimits::default(),
+    };
+    let rep = push(
+        &r,
+        &enc,
+        &PushOptions {
+            credentials: Some(creds),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(rep.rekeyed > 0);
+    let needles: [&[u8]; 8] = [
         b"CANARY-DEVICE-NAME",
         b"CANARY-FILE-NAME",
         b"CANARY-FILE-CONTENT",
+        b"CANARY-KEYCHAIN-SERVICE",
+        b"CANARY-KEYCHAIN-ACCOUNT",
+        b"CANARY-KEYCHAIN-SECRET",
         b"HomeDomain",
         b"Library",
     ];
+    // Sanity: the plaintext is really there to find in the backup pushed unencrypted.
+    assert!(files(&plain)
+        .values()
+        .any(|b| b.windows(19).any(|w| w == b"CANARY-FILE-CONTENT")));
     let objects = files(&t.path().join("repo"));
     assert!(objects.len() > 3);
     for (name, bytes) in &objects {
@@ -241,4 +295,15 @@ fn no_object_holds_a_name_or_content_in_the_clear() {
             assert!(!name.as_bytes().windows(n.len()).any(|w| w == n));
         }
     }
+    // And both come back.
+    for (snap, src) in [("latest", &enc)] {
+        let out = t.path().join("out");
+        let p = pull(&r, snap, &out, &PullOptions::default()).unwrap();
+        assert!(p.failed.is_empty());
+        assert_eq!(files(&out), files(src));
+    }
+    let all = r.snapshots().unwrap();
+    let out = t.path().join("out-plain");
+    pull(&r, &all[0].0.to_hex(), &out, &PullOptions::default()).unwrap();
+    assert_eq!(files(&out), files(&plain));
 }
