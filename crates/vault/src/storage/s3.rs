@@ -10,12 +10,17 @@
 //! its objects (a stranger, a folder marker, a misplaced copy) is not listed.
 //!
 //! **Failures.** Every request has a connect timeout and a request timeout (the whole request,
-//! body included: it must exceed the upload time of a pack on the slowest link in use) and is
-//! retried, with exponential backoff and jitter, after a refused or dropped connection, a
-//! timeout, a 5xx answer (`500 InternalError`, `503 SlowDown`), `429` or `408`, at most
-//! [`S3Settings::max_retries`] times and not after [`S3Settings::retry_window`]; then the
-//! operation fails with [`Error::Storage`] naming the operation, `s3://bucket/key` and why.
-//! Every S3 PUT is a single request, atomic on the server (no multipart upload), so a failed or
+//! body included: it must exceed the upload time of a pack on the slowest link in use). This
+//! backend retries itself (object_store's own retries are off: it does not retry a list answer
+//! cut short, and two layers would multiply the count): after a refused, reset or cut
+//! connection, a timeout, a 5xx answer (`500 InternalError`, `503 SlowDown`), `429`, `408` or
+//! S3's `400 RequestTimeout`, with exponential backoff and jitter, at most
+//! [`S3Settings::max_retries`] times and none after [`S3Settings::retry_window`]. Every request
+//! it makes is idempotent (puts of content-named objects, gets, lists, deletes), so a retry
+//! after a timeout is safe. Then the operation fails with [`Error::Storage`] naming the
+//! operation, `s3://bucket/key` and why (refused, no answer in time, the status and S3 error
+//! code, a cut connection), with the retries made. A 4xx answer (403, 404, …) is final at once.
+//! Every PUT is a single request, atomic on the server (no multipart upload), so a failed or
 //! interrupted put leaves nothing at the object's name; what the vault stored before stays.
 //! The defaults ([`S3Settings::new`]) suit a real deployment; tests use short ones.
 //!
@@ -35,12 +40,16 @@
 //! refused.
 
 use std::error::Error as StdError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::{Path as ObjPath, PathPart};
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+use rand::Rng;
 use zeroize::Zeroizing;
 
 use super::{check_name, Kind, Storage};
@@ -259,16 +268,27 @@ pub struct S3Storage {
     store: AmazonS3,
     bucket: String,
     prefix: String,
-    why: Explain,
+    policy: Policy,
     rt: tokio::runtime::Runtime,
 }
 
-/// Turns object_store's errors into messages for people.
-struct Explain {
+/// How requests are retried, and how their failures are told.
+struct Policy {
     /// Credentials, scrubbed from every message.
     scrub: Vec<Zeroizing<String>>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    max_retries: usize,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    retry_window: Duration,
+}
+
+/// A failed request: the last error, and the retries made before giving up.
+struct Failed {
+    error: object_store::Error,
+    retries: usize,
+    elapsed: Duration,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -293,14 +313,12 @@ impl S3Storage {
             .with_bucket_name(&settings.bucket)
             .with_virtual_hosted_style_request(false)
             .with_region(&settings.region)
+            // Retries are this backend's own (`S3Storage::run`): object_store does not retry
+            // a list answer cut short, and its count would multiply with ours.
             .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: settings.initial_backoff,
-                    max_backoff: settings.max_backoff,
-                    base: 2.0,
-                },
-                max_retries: settings.max_retries,
-                retry_timeout: settings.retry_window,
+                backoff: BackoffConfig::default(),
+                max_retries: 0,
+                retry_timeout: Duration::ZERO,
             })
             .with_client_options(
                 ClientOptions::new()
@@ -325,15 +343,19 @@ impl S3Storage {
             scrub.push(t.clone());
         }
         scrub.retain(|s| s.len() >= 4);
-        let why = Explain {
+        let policy = Policy {
             scrub,
             connect_timeout: settings.connect_timeout,
             request_timeout: settings.request_timeout,
+            max_retries: settings.max_retries,
+            initial_backoff: settings.initial_backoff,
+            max_backoff: settings.max_backoff.max(settings.initial_backoff),
+            retry_window: settings.retry_window,
         };
         let store = b.build().map_err(|e| Error::Storage {
             op: "open",
             object: location,
-            reason: why.reason(&e),
+            reason: policy.reason(&e, 0, Duration::ZERO),
         })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -345,7 +367,7 @@ impl S3Storage {
             store,
             bucket: settings.bucket,
             prefix: settings.prefix,
-            why,
+            policy,
             rt,
         })
     }
@@ -387,8 +409,43 @@ impl S3Storage {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    fn fail(&self, op: &'static str, key: &str, e: object_store::Error) -> Error {
-        if matches!(op, "get" | "head") && matches!(e, object_store::Error::NotFound { .. }) {
+    /// Runs a request (every one this backend makes is idempotent: puts of content-named
+    /// objects, gets, lists, deletes), retrying what may pass next time (a refused, reset or
+    /// cut connection, a timeout, 5xx, 429, 408, S3's `RequestTimeout`) with exponential
+    /// backoff and jitter, at most `max_retries` times and none after `retry_window`.
+    fn run<T, F>(&self, request: impl Fn() -> F) -> Result<T, Failed>
+    where
+        F: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let p = &self.policy;
+        let start = Instant::now();
+        let mut backoff = p.initial_backoff;
+        let mut retries = 0;
+        loop {
+            let error = match self.rt.block_on(request()) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let elapsed = start.elapsed();
+            if retries >= p.max_retries || elapsed > p.retry_window || !retryable(&error) {
+                return Err(Failed {
+                    error,
+                    retries,
+                    elapsed,
+                });
+            }
+            std::thread::sleep(backoff);
+            // Decorrelated jitter: the next wait is between the first and twice this one.
+            let upper = (backoff * 2).max(p.initial_backoff + Duration::from_millis(1));
+            backoff = rand::thread_rng()
+                .gen_range(p.initial_backoff..upper)
+                .min(p.max_backoff);
+            retries += 1;
+        }
+    }
+
+    fn fail(&self, op: &'static str, key: &str, f: Failed) -> Error {
+        if matches!(op, "get" | "head") && matches!(f.error, object_store::Error::NotFound { .. }) {
             return Error::Missing {
                 object: self.url(key),
             };
@@ -396,61 +453,124 @@ impl S3Storage {
         Error::Storage {
             op,
             object: self.url(key),
-            reason: self.why.reason(&e),
+            reason: self.policy.reason(&f.error, f.retries, f.elapsed),
         }
     }
 }
 
-impl Explain {
-    /// Why a request failed, for people: what kind of failure, then object_store's account
-    /// (the request, how long, how many retries, the server's answer or the transport error),
-    /// with every credential scrubbed.
-    fn reason(&self, e: &(dyn StdError + 'static)) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        let mut refused = false;
-        let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-        while let Some(c) = cur {
-            if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-            }
-            let s = c.to_string();
-            if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-                parts.push(s);
-            }
-            cur = c.source();
+/// Every message of an error's chain, each once.
+fn chain(e: &(dyn StdError + 'static)) -> Vec<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
         }
-        let all = parts.join(": ");
-        let lower = all.to_lowercase();
-        let status = lower
-            .split("status code: ")
+        cur = c.source();
+    }
+    parts
+}
+
+/// The HTTP status the server answered, if it answered.
+fn status_of(e: &object_store::Error) -> Option<u16> {
+    chain(e).iter().find_map(|s| {
+        s.split("status code: ")
             .nth(1)
             .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse::<u16>().ok());
-        let hint = if refused {
-            "connection refused (is the server down or the endpoint wrong?)".to_string()
-        } else if lower.contains("timed out") || lower.contains("timeout") {
-            format!(
+            .and_then(|s| s.parse::<u16>().ok())
+    })
+}
+
+/// The transport failure (no usable answer), if that is what it was.
+fn transport_of(e: &object_store::Error) -> Option<HttpErrorKind> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<HttpError>() {
+            return Some(h.kind());
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Whether a failed request may pass if sent again.
+fn retryable(e: &object_store::Error) -> bool {
+    if !matches!(e, object_store::Error::Generic { .. }) {
+        return false; // NotFound, PermissionDenied, Precondition, …: the answer stands.
+    }
+    if transport_of(e).is_some() {
+        return true; // refused, reset, cut, timed out: every request here is idempotent
+    }
+    match status_of(e) {
+        Some(s) if s >= 500 || s == 429 || s == 408 => true,
+        Some(400) => chain(e).iter().any(|m| m.contains("RequestTimeout")),
+        _ => false,
+    }
+}
+
+impl Policy {
+    /// Why a request failed, for people: what kind of failure and the retries made, then
+    /// object_store's account (the request, the server's answer or the transport error), with
+    /// every credential scrubbed.
+    fn reason(&self, e: &object_store::Error, retries: usize, elapsed: Duration) -> String {
+        let all = chain(e).join(": ");
+        let lower = all.to_lowercase();
+        let refused = {
+            let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+            let mut found = false;
+            while let Some(c) = cur {
+                if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                    found |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                }
+                cur = c.source();
+            }
+            found
+        };
+        let hint = match (transport_of(e), status_of(e)) {
+            (Some(HttpErrorKind::Connect), _) if refused => {
+                "connection refused (is the server down or the endpoint wrong?)".to_string()
+            }
+            (Some(HttpErrorKind::Timeout), _) => format!(
                 "no answer in time (connect timeout {:?}, request timeout {:?})",
                 self.connect_timeout, self.request_timeout
-            )
-        } else if let Some(code) = status {
-            let what = if lower.contains("slowdown") {
-                " SlowDown (the server asks for fewer requests)"
-            } else if lower.contains("internalerror") {
-                " InternalError"
-            } else {
-                ""
-            };
-            format!("the server answered {code}{what}")
-        } else if lower.contains("connection closed")
-            || lower.contains("incomplete")
-            || lower.contains("reset")
-        {
-            "the connection was cut before the answer was complete".to_string()
-        } else {
-            "the request failed".to_string()
+            ),
+            (Some(HttpErrorKind::Connect), _) => "cannot connect to the server".to_string(),
+            (Some(_), _) => "the connection was cut before the answer was complete".to_string(),
+            (None, Some(code)) => {
+                let what = [
+                    ("slowdown", " SlowDown (the server asks for fewer requests)"),
+                    ("internalerror", " InternalError"),
+                    (
+                        "signaturedoesnotmatch",
+                        " SignatureDoesNotMatch (wrong secret key?)",
+                    ),
+                    (
+                        "invalidaccesskeyid",
+                        " InvalidAccessKeyId (unknown access key)",
+                    ),
+                    ("accessdenied", " AccessDenied"),
+                    ("nosuchbucket", " NoSuchBucket"),
+                ]
+                .iter()
+                .find(|(k, _)| lower.contains(k))
+                .map_or("", |(_, w)| w);
+                format!("the server answered {code}{what}")
+            }
+            (None, None) => "the request failed".to_string(),
         };
-        let mut out = format!("{hint}; {all}");
+        let tries = if retries > 0 {
+            format!(
+                " (gave up after {retries} {} in {:.1?})",
+                if retries == 1 { "retry" } else { "retries" },
+                elapsed
+            )
+        } else if retryable(e) {
+            " (no retry: retries used up or none configured)".to_string()
+        } else {
+            String::new()
+        };
+        let mut out = format!("{hint}{tries}; {all}");
         for s in &self.scrub {
             out = out.replace(s.as_str(), "[redacted]");
         }
@@ -469,21 +589,20 @@ impl Storage for S3Storage {
 
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<()> {
         let key = self.key(kind, name)?;
-        let payload = bytes::Bytes::copy_from_slice(data);
+        let path = ObjPath::from(key.as_str());
+        let payload = PutPayload::from_bytes(bytes::Bytes::copy_from_slice(data));
         // One PUT (object_store never splits `put`), unconditional: atomic on the server.
-        self.rt
-            .block_on(self.store.put(&ObjPath::from(key.as_str()), payload.into()))
+        self.run(|| self.store.put(&path, payload.clone()))
             .map(|_| ())
-            .map_err(|e| self.fail("put", &key, e))
+            .map_err(|f| self.fail("put", &key, f))
     }
 
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {
         let key = self.key(kind, name)?;
         let path = ObjPath::from(key.as_str());
-        self.rt
-            .block_on(async { self.store.get(&path).await?.bytes().await })
+        self.run(|| async { self.store.get(&path).await?.bytes().await })
             .map(|b| b.to_vec())
-            .map_err(|e| self.fail("get", &key, e))
+            .map_err(|f| self.fail("get", &key, f))
     }
 
     fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -496,9 +615,8 @@ impl Storage for S3Storage {
         }
         let path = ObjPath::from(key.as_str());
         let b = self
-            .rt
-            .block_on(self.store.get_range(&path, offset..end))
-            .map_err(|e| self.fail("get", &key, e))?;
+            .run(|| self.store.get_range(&path, offset..end))
+            .map_err(|f| self.fail("get", &key, f))?;
         if b.len() as u64 != len {
             return Err(Error::corrupt(
                 self.url(&key),
@@ -512,24 +630,21 @@ impl Storage for S3Storage {
         if kind == Kind::Config {
             // One HEAD: listing the prefix would list the whole repository.
             let key = self.key(Kind::Config, "config")?;
-            return match self
-                .rt
-                .block_on(self.store.head(&ObjPath::from(key.as_str())))
-            {
+            let path = ObjPath::from(key.as_str());
+            return match self.run(|| self.store.head(&path)) {
                 Ok(m) => Ok(vec![("config".into(), m.size)]),
-                Err(object_store::Error::NotFound { .. }) => Ok(vec![]),
-                Err(e) => Err(self.fail("list", &key, e)),
+                Err(Failed {
+                    error: object_store::Error::NotFound { .. },
+                    ..
+                }) => Ok(vec![]),
+                Err(f) => Err(self.fail("list", &key, f)),
             };
         }
         let prefix = self.list_prefix(kind);
+        let path = ObjPath::from(prefix.as_str());
         let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(
-                self.store
-                    .list(Some(&ObjPath::from(prefix.as_str())))
-                    .try_collect(),
-            )
-            .map_err(|e| self.fail("list", &format!("{prefix}/"), e))?;
+            .run(|| self.store.list(Some(&path)).try_collect())
+            .map_err(|f| self.fail("list", &format!("{prefix}/"), f))?;
         let mut out: Vec<(String, u64)> = metas
             .into_iter()
             .filter_map(|m| {
@@ -545,12 +660,14 @@ impl Storage for S3Storage {
 
     fn delete(&self, kind: Kind, name: &str) -> Result<()> {
         let key = self.key(kind, name)?;
-        match self
-            .rt
-            .block_on(self.store.delete(&ObjPath::from(key.as_str())))
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.fail("delete", &key, e)),
+        let path = ObjPath::from(key.as_str());
+        match self.run(|| self.store.delete(&path)) {
+            Ok(())
+            | Err(Failed {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(()),
+            Err(f) => Err(self.fail("delete", &key, f)),
         }
     }
 }

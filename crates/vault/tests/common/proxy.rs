@@ -51,6 +51,8 @@ struct Ctl {
     fault: Option<Fault>,
     /// How many more requests meet it (`None`: all).
     remaining: Option<usize>,
+    /// How many requests pass before it applies.
+    pass_first: usize,
     /// The listener is wanted closed.
     down: bool,
     /// The listener is open.
@@ -103,25 +105,32 @@ impl Proxy {
 
     /// Every request from now on meets `fault` (until [`Proxy::clear`]).
     pub fn set(&self, fault: Fault) {
-        self.configure(Some(fault), None);
+        self.configure(Some(fault), None, 0);
     }
 
     /// The next `n` requests meet `fault`, later ones pass.
     pub fn fail_first(&self, n: usize, fault: Fault) {
         assert_ne!(fault, Fault::Down, "refused connections cannot be counted");
-        self.configure(Some(fault), Some(n));
+        self.configure(Some(fault), Some(n), 0);
+    }
+
+    /// The next `n` requests pass, every later one meets `fault` (until [`Proxy::clear`]).
+    pub fn fail_after(&self, n: usize, fault: Fault) {
+        assert_ne!(fault, Fault::Down, "refused connections cannot be counted");
+        self.configure(Some(fault), None, n);
     }
 
     /// Everything passes again.
     pub fn clear(&self) {
-        self.configure(None, None);
+        self.configure(None, None, 0);
     }
 
-    fn configure(&self, fault: Option<Fault>, remaining: Option<usize>) {
+    fn configure(&self, fault: Option<Fault>, remaining: Option<usize>, pass_first: usize) {
         let down = fault == Some(Fault::Down);
         let mut c = self.state.ctl.lock().unwrap();
         c.fault = fault;
         c.remaining = remaining;
+        c.pass_first = pass_first;
         c.down = down;
         self.state.cv.notify_all();
         if down && c.listening {
@@ -245,13 +254,18 @@ fn handle(state: &State, mut conn: TcpStream) {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let fault = {
         let mut c = state.ctl.lock().unwrap();
-        match (c.fault, c.remaining) {
-            (Some(f), None) => Some(f),
-            (Some(f), Some(n)) if n > 0 => {
-                c.remaining = Some(n - 1);
-                Some(f)
+        if c.fault.is_some() && c.pass_first > 0 {
+            c.pass_first -= 1;
+            None
+        } else {
+            match (c.fault, c.remaining) {
+                (Some(f), None) => Some(f),
+                (Some(f), Some(n)) if n > 0 => {
+                    c.remaining = Some(n - 1);
+                    Some(f)
+                }
+                _ => None,
             }
-            _ => None,
         }
     };
     state.seen.lock().unwrap().push(Seen {
