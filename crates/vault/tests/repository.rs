@@ -46,6 +46,7 @@ on_both_backends!(
     damage_is_named_by_check,
     a_store_serving_an_older_state_is_caught,
     keys_can_be_added_removed_and_rotated,
+    inits_racing_for_one_location_lock_no_one_out,
 );
 
 fn push_read_dedup_check_forget_prune(storage: Arc<dyn Storage>) {
@@ -245,4 +246,104 @@ fn keys_can_be_added_removed_and_rotated(storage: Arc<dyn Storage>) {
     assert!(check(&r3, true, None).unwrap().problems.is_empty());
     let (_, latest) = r3.find_snapshot("latest").unwrap();
     assert_eq!(r3.tree(&latest).unwrap().nodes[0].name, "g");
+}
+
+/// Writes through to `inner`, but right after the first `config` put lands, a rival init's
+/// key files and config land too, replacing it (two inits racing on a server that ignores
+/// If-None-Match).
+struct RivalConfig {
+    inner: Arc<dyn Storage>,
+    rival: Vec<(Kind, String, Vec<u8>)>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Storage for RivalConfig {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> vault::Result<()> {
+        self.inner.put(kind, name, data)?;
+        if kind == Kind::Config && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            for (k, n, bytes) in &self.rival {
+                self.inner.put(*k, n, bytes)?;
+            }
+        }
+        Ok(())
+    }
+    fn get(&self, kind: Kind, name: &str) -> vault::Result<Vec<u8>> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, o: u64, l: u64) -> vault::Result<Vec<u8>> {
+        self.inner.get_range(kind, name, o, l)
+    }
+    fn list(&self, kind: Kind) -> vault::Result<Vec<(String, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> vault::Result<()> {
+        self.inner.delete(kind, name)
+    }
+}
+
+/// No conditional write makes `config` create-only. Two inits racing for one location: the
+/// one whose config was replaced gives way (`AlreadyExists`, its key files removed); key files
+/// of an init that lost after its read-back are passed over by `open`, so the password opens
+/// the repository that holds the config either way.
+fn inits_racing_for_one_location_lock_no_one_out(storage: Arc<dyn Storage>) {
+    // The rival: a complete repository elsewhere, with the same password.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other: Arc<dyn Storage> = Arc::new(vault::storage::LocalStorage::new(
+        elsewhere.path().join("r"),
+    ));
+    let (rival, _) = Repository::init(other.clone(), b"pw", cheap(), small()).unwrap();
+    let rival_keys = other.list(Kind::Keys).unwrap();
+    let mut objects: Vec<(Kind, String, Vec<u8>)> = rival_keys
+        .iter()
+        .map(|(n, _)| (Kind::Keys, n.clone(), other.get(Kind::Keys, n).unwrap()))
+        .collect();
+    objects.push((
+        Kind::Config,
+        "config".into(),
+        other.get(Kind::Config, "config").unwrap(),
+    ));
+
+    // Our init's config is replaced by the rival's right after it lands: it gives way.
+    let racing: Arc<dyn Storage> = Arc::new(RivalConfig {
+        inner: storage.clone(),
+        rival: objects,
+        done: Default::default(),
+    });
+    let e = Repository::init(racing, b"pw", cheap(), small()).unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists { .. }), "{e}");
+    assert_eq!(storage.list(Kind::Keys).unwrap(), rival_keys);
+    let opened = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    assert_eq!(opened.id(), rival.id());
+
+    // A loser's key files that stayed (its read-back passed before the rival's config landed):
+    // the password still opens the repository of the config, whatever the listing order.
+    let lost = tempfile::tempdir().unwrap();
+    let loser: Arc<dyn Storage> =
+        Arc::new(vault::storage::LocalStorage::new(lost.path().join("r")));
+    let (loser_repo, _) = Repository::init(loser.clone(), b"pw", cheap(), small()).unwrap();
+    for (name, _) in loser.list(Kind::Keys).unwrap() {
+        storage
+            .put(Kind::Keys, &name, &loser.get(Kind::Keys, &name).unwrap())
+            .unwrap();
+    }
+    let opened = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    assert_eq!(opened.id(), rival.id());
+    assert_ne!(opened.id(), loser_repo.id());
+    // A password only a foreign key file takes is refused, naming that key file.
+    let stray = tempfile::tempdir().unwrap();
+    let s3: Arc<dyn Storage> = Arc::new(vault::storage::LocalStorage::new(stray.path().join("r")));
+    Repository::init(s3.clone(), b"only-mine", cheap(), small()).unwrap();
+    for (name, _) in s3.list(Kind::Keys).unwrap() {
+        storage
+            .put(Kind::Keys, &name, &s3.get(Kind::Keys, &name).unwrap())
+            .unwrap();
+    }
+    let e = Repository::open(storage.clone(), &Secret::Password(b"only-mine")).unwrap_err();
+    assert!(
+        e.to_string().contains("belongs to another repository"),
+        "{e}"
+    );
 }
