@@ -445,7 +445,11 @@ impl S3Storage {
     }
 
     fn fail(&self, op: &'static str, key: &str, f: Failed) -> Error {
-        if matches!(op, "get" | "head") && matches!(f.error, object_store::Error::NotFound { .. }) {
+        let no_bucket = || chain(&f.error).iter().any(|m| m.contains("NoSuchBucket"));
+        if matches!(op, "get" | "head")
+            && matches!(f.error, object_store::Error::NotFound { .. })
+            && !no_bucket()
+        {
             return Error::Missing {
                 object: self.url(key),
             };
@@ -616,7 +620,14 @@ impl Storage for S3Storage {
         let path = ObjPath::from(key.as_str());
         let b = self
             .run(|| self.store.get_range(&path, offset..end))
-            .map_err(|f| self.fail("get", &key, f))?;
+            .map_err(|f| match status_of(&f.error) {
+                // The range starts past the end: the object is shorter than its index says.
+                Some(416) => Error::corrupt(
+                    self.url(&key),
+                    format!("{len} bytes at {offset} asked of a shorter object (416 InvalidRange)"),
+                ),
+                _ => self.fail("get", &key, f),
+            })?;
         if b.len() as u64 != len {
             return Err(Error::corrupt(
                 self.url(&key),
