@@ -7,6 +7,11 @@
 //! Each request goes upstream on a connection of its own (`Connection: close` is added, which
 //! SigV4 does not sign), so every request the client makes is one connection here and is
 //! counted exactly once.
+//!
+//! "Down" closes the listening socket; a second socket, bound to the same port with
+//! `SO_REUSEPORT` and never listening, keeps the port reserved meanwhile, so connections are
+//! refused (not answered by some other test's server that picked the port) and the proxy can
+//! listen on it again.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -57,6 +62,8 @@ struct Ctl {
     down: bool,
     /// The listener is open.
     listening: bool,
+    /// Why the listener could not be opened again.
+    broken: Option<String>,
     quit: bool,
 }
 
@@ -73,14 +80,40 @@ struct State {
 pub struct Proxy {
     state: Arc<State>,
     accept: Option<JoinHandle<()>>,
+    /// Holds the port while the listener is closed.
+    _anchor: socket2::Socket,
+}
+
+fn reuse_port_socket() -> socket2::Socket {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    s.set_reuse_port(true).expect("SO_REUSEPORT");
+    s
+}
+
+/// A listener on `addr`, sharing the port with the anchor.
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = reuse_port_socket();
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
 }
 
 impl Proxy {
     /// A proxy on a free loopback port in front of `upstream`, passing everything on.
     pub fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let anchor = reuse_port_socket();
+        anchor
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind the proxy's port");
+        let addr = anchor
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("proxy address");
+        let listener = listen_on(addr).expect("listen on the proxy's port");
         let state = Arc::new(State {
-            addr: listener.local_addr().expect("proxy address"),
+            addr,
             upstream,
             ctl: Mutex::new(Ctl {
                 listening: true,
@@ -95,6 +128,7 @@ impl Proxy {
         Proxy {
             state,
             accept: Some(accept),
+            _anchor: anchor,
         }
     }
 
@@ -140,7 +174,18 @@ impl Proxy {
             c = self.state.ctl.lock().unwrap();
         }
         while c.listening == down {
-            c = self.state.cv.wait(c).unwrap();
+            if let Some(why) = &c.broken {
+                panic!("proxy: {why}");
+            }
+            if self.accept.as_ref().is_none_or(|t| t.is_finished()) {
+                panic!("proxy: the accept loop ended");
+            }
+            c = self
+                .state
+                .cv
+                .wait_timeout(c, std::time::Duration::from_millis(100))
+                .unwrap()
+                .0;
         }
     }
 
@@ -184,12 +229,18 @@ fn accept_loop(state: Arc<State>, first: TcpListener) {
                 if c.quit {
                     return;
                 }
-                let l = TcpListener::bind(state.addr).unwrap_or_else(|e| {
-                    panic!("proxy: cannot listen on {} again: {e}", state.addr)
-                });
-                c.listening = true;
-                state.cv.notify_all();
-                l
+                match listen_on(state.addr) {
+                    Ok(l) => {
+                        c.listening = true;
+                        state.cv.notify_all();
+                        l
+                    }
+                    Err(e) => {
+                        c.broken = Some(format!("cannot listen on {} again: {e}", state.addr));
+                        state.cv.notify_all();
+                        return;
+                    }
+                }
             }
         };
         for conn in l.incoming() {
