@@ -5,7 +5,7 @@
 //! s3s-fs takes its access and secret key only as arguments: the ones here are throwaway test
 //! values that open nothing but this server, never a user's secret.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -58,67 +58,57 @@ pub struct S3Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its data folder (the bucket is `data/BUCKET`).
+    /// Its folder: the server's root is `root/` (the bucket is `root/BUCKET`), its log
+    /// `s3s-fs.log`.
     pub data: tempfile::TempDir,
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// True once the server accepts a connection; false if it exited because its port was taken.
-fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> bool {
+/// The address s3s-fs reports listening on, once it does; panics if it exits first.
+fn wait_listening(child: &mut Child, log: &Path) -> SocketAddr {
+    const READY: &str = "server is running at http://";
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            if log.contains("Address already in use") || log.contains("AddrInUse") {
-                return false;
-            }
-            panic!("s3s-fs exited ({status}) before answering:\n{log}");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split(READY).nth(1) {
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            return addr
+                .parse()
+                .unwrap_or_else(|e| panic!("s3s-fs reports an odd address {addr:?}: {e}"));
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("s3s-fs exited ({status}) before listening:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 impl S3Server {
-    /// Starts s3s-fs with [`BUCKET`] and waits until it accepts connections.
+    /// Starts s3s-fs with [`BUCKET`] on a port the system picks (`--port 0`: no race with
+    /// other tests for a probed port), and waits until it listens.
     pub fn start() -> S3Server {
         let bin = s3s_fs_binary();
         let data = tempfile::tempdir().expect("temp folder");
-        std::fs::create_dir(data.path().join(BUCKET)).expect("bucket folder");
+        std::fs::create_dir_all(data.path().join("root").join(BUCKET)).expect("bucket folder");
         let log = data.path().join("s3s-fs.log");
-        // The port may be taken between probing and binding: then s3s-fs exits; try another.
-        for _attempt in 0..20 {
-            let port = free_port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let out = std::fs::File::create(&log).expect("log file");
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(data.path())
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().expect("log file"))
-                .stderr(out)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            if wait_ready(&mut child, addr, &log) {
-                return S3Server {
-                    child,
-                    addr,
-                    data,
-                    log,
-                };
-            }
+        let out = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(data.path().join("root"))
+            .env("RUST_LOG", "s3s_fs=info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let addr = wait_listening(&mut child, &log);
+        TcpStream::connect(addr).unwrap_or_else(|e| panic!("s3s-fs at {addr}: {e}"));
+        S3Server {
+            child,
+            addr,
+            data,
+            log,
         }
-        panic!("s3s-fs found no free port in 20 tries");
     }
 
     /// What the server logged.
@@ -148,7 +138,7 @@ impl S3Server {
 
     /// Objects in the bucket's folder on disk, for checks that go around S3 entirely.
     pub fn bucket_dir(&self) -> PathBuf {
-        self.data.path().join(BUCKET)
+        self.data.path().join("root").join(BUCKET)
     }
 }
 
