@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of keybag on a fresh machine: installs the third-party readers
 # the tests compare against (iphone_backup_decrypt, mvt) into venvs under
-# target/py, checks formatting and lints, then runs the whole test suite.
+# target/py, the S3-compatible server the vault's S3 tests start on loopback
+# (s3s-fs), checks formatting and lints, then runs the whole test suite.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -22,6 +23,17 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 KEYBAG_CHROMIUM="$(command -v chromium)"
 export KEYBAG_CHROMIUM
+
+# s3s-fs (crates.io): the real S3-compatible server the vault's S3 tests start and stop on
+# 127.0.0.1 (docs/vault.md). A few minutes to build on 2 cores, once.
+s3s_version="0.14.1"
+cargo_root="${CARGO_HOME:-$HOME/.cargo}"
+cargo_bin="$cargo_root/bin"
+if ! "$cargo_bin/s3s-fs" --version 2>/dev/null | grep -qF "$s3s_version"; then
+    cargo install s3s-fs --version "$s3s_version" --features binary --locked --root "$cargo_root"
+fi
+KEYBAG_S3S_FS="$cargo_bin/s3s-fs"
+export KEYBAG_S3S_FS
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -151,6 +151,19 @@ impl Repository {
             "config",
             &serde_json::to_vec_pretty(&config).expect("json"),
         )?;
+        // No conditional write makes the config "create only" (some S3-compatible servers
+        // ignore If-None-Match): read it back, and if another init's config replaced ours, give
+        // way (our key files go; the other repository stands). An init whose read-back passes
+        // just before a rival's write lands leaves key files `open` skips (another repository's).
+        let stored = read_config(storage.as_ref())?;
+        if stored.id != config.id {
+            for kf in [&pw, &rk] {
+                let _ = storage.delete(Kind::Keys, &Id::of_bytes(&kf.to_bytes()).to_hex());
+            }
+            return Err(Error::AlreadyExists {
+                location: storage.location(),
+            });
+        }
         Ok((Repository::with(storage, keyring, key_name), recovery))
     }
 
@@ -166,9 +179,12 @@ impl Repository {
     }
 
     /// Opens a repository with a password or a recovery key ([`Error::WrongSecret`] when no
-    /// key file opens with it).
+    /// key file opens with it). A key file that opens but belongs to another repository (left
+    /// by an `init` that lost a race for the config, or copied in) is passed over; if no other
+    /// key opens, that is the error.
     pub fn open(storage: Arc<dyn Storage>, secret: &Secret<'_>) -> Result<Repository> {
         let config = read_config(storage.as_ref())?;
+        let mut foreign = None;
         for (name, _) in storage.list(Kind::Keys)? {
             let bytes = storage.get(Kind::Keys, &name)?;
             let Ok(kf) = KeyFile::from_bytes(&Kind::Keys.show(&name), &bytes) else {
@@ -176,16 +192,16 @@ impl Repository {
             };
             if let Some(keyring) = kf.open(&Kind::Keys.show(&name), secret)? {
                 if keyring.repo_id != config.id {
-                    return Err(Error::corrupt(
-                        Kind::Keys.show(&name),
-                        "belongs to another repository",
-                    ));
+                    foreign.get_or_insert_with(|| {
+                        Error::corrupt(Kind::Keys.show(&name), "belongs to another repository")
+                    });
+                    continue;
                 }
                 keyring.params.check()?;
                 return Ok(Repository::with(storage, keyring, name));
             }
         }
-        Err(Error::WrongSecret)
+        Err(foreign.unwrap_or(Error::WrongSecret))
     }
 
     /// The storage.

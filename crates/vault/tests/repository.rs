@@ -1,97 +1,55 @@
-//! The repository end to end on a local folder: init, open, push, read back, dedup, check
-//! (and what it finds in a damaged repository), forget, prune, rollback detection, keys.
+//! The repository end to end, on a local folder and on S3 (s3s-fs on loopback, through a
+//! proxy that records every request): init, open, push, read back, dedup, check (and what it
+//! finds in a damaged repository), forget, prune, rollback detection, keys. Every scenario
+//! takes an `Arc<dyn Storage>` and runs on both backends with the same assertions; on S3,
+//! no write may carry a precondition header (`Backend::finish`).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{cheap, data, push, read_all, small, stored_bytes};
 use vault::check::check;
 use vault::forget::{forget, KeepPolicy};
-use vault::keys::{Argon2Params, Params, RecoveryKey, Secret, MIN_MEMORY_KIB};
+use vault::keys::{RecoveryKey, Secret};
 use vault::prune::{prune, PruneOptions};
 use vault::snapshot::ChainState;
-use vault::storage::{Kind, LocalStorage, Storage};
-use vault::tree::{Node, Tree};
+use vault::storage::{Kind, Storage};
+use vault::tree::Tree;
 use vault::{Error, Repository, SnapshotInfo, Writer};
 
-fn cheap() -> Option<Argon2Params> {
-    Some(Argon2Params {
-        m_kib: MIN_MEMORY_KIB,
-        t: 1,
-        p: 1,
-    })
+/// Each scenario, as a test on a local folder and as a test on S3.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(#[test]
+            fn $scenario() {
+                let b = crate::common::Backend::local();
+                super::$scenario(b.storage.clone());
+                b.finish();
+            })*
+        }
+        mod s3 {
+            $(#[test]
+            fn $scenario() {
+                let b = crate::common::Backend::s3();
+                super::$scenario(b.storage.clone());
+                b.finish();
+            })*
+        }
+    };
 }
 
-/// Small chunks and packs, so a few MB exercise many of both.
-fn small() -> Params {
-    Params {
-        chunk_min: 4 << 10,
-        chunk_avg: 16 << 10,
-        chunk_max: 64 << 10,
-        pack_target: 256 << 10,
-    }
-}
+on_both_backends!(
+    push_read_dedup_check_forget_prune,
+    damage_is_named_by_check,
+    a_store_serving_an_older_state_is_caught,
+    keys_can_be_added_removed_and_rotated,
+    inits_racing_for_one_location_lock_no_one_out,
+);
 
-fn data(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn push(repo: &Repository, files: &[(&str, Vec<u8>)], chain: &str) -> vault::Id {
-    let w = Writer::new(repo, None).unwrap();
-    let mut tree = Tree::default();
-    for (name, content) in files {
-        let (chunks, size) = w.add_reader(&mut &content[..]).unwrap();
-        tree.nodes.push(Node {
-            name: name.to_string(),
-            size,
-            meta: vec![],
-            chunks,
-        });
-    }
-    let (id, _) = w
-        .commit(
-            &tree,
-            SnapshotInfo {
-                chain: chain.into(),
-                host: "test".into(),
-                tags: BTreeMap::new(),
-                time_ms: None,
-            },
-            None,
-        )
-        .unwrap();
-    id
-}
-
-fn read_all(repo: &Repository, snapshot: &str) -> BTreeMap<String, Vec<u8>> {
-    let (_, s) = repo.find_snapshot(snapshot).unwrap();
-    let tree = repo.tree(&s).unwrap();
-    tree.nodes
-        .iter()
-        .map(|n| {
-            let mut out = Vec::new();
-            repo.read_chunks(&n.chunks, &mut out).unwrap();
-            (n.name.clone(), out)
-        })
-        .collect()
-}
-
-fn stored_bytes(s: &dyn Storage) -> u64 {
-    s.list(Kind::Data).unwrap().iter().map(|(_, n)| n).sum()
-}
-
-#[test]
-fn push_read_dedup_check_forget_prune() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path().join("repo")));
+fn push_read_dedup_check_forget_prune(storage: Arc<dyn Storage>) {
     let (repo, recovery) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
     assert!(matches!(
         Repository::init(storage.clone(), b"pw", cheap(), small()),
@@ -173,11 +131,7 @@ fn push_read_dedup_check_forget_prune() {
     assert_eq!(read_all(&again, "latest")["a"], changed[0].1);
 }
 
-#[test]
-fn damage_is_named_by_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("repo");
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(&root));
+fn damage_is_named_by_check(storage: Arc<dyn Storage>) {
     let (repo, _) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
     push(
         &repo,
@@ -187,10 +141,9 @@ fn damage_is_named_by_check() {
     let packs = storage.list(Kind::Data).unwrap();
     assert!(packs.len() >= 3);
     // A flipped byte in one pack, another pack deleted.
-    let p0 = root.join("data").join(&packs[0].0[..2]).join(&packs[0].0);
-    let mut b = std::fs::read(&p0).unwrap();
+    let mut b = storage.get(Kind::Data, &packs[0].0).unwrap();
     b[100] ^= 1;
-    std::fs::write(&p0, &b).unwrap();
+    storage.put(Kind::Data, &packs[0].0, &b).unwrap();
     storage.delete(Kind::Data, &packs[1].0).unwrap();
     let repo = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
     let quick = check(&repo, false, None).unwrap();
@@ -213,9 +166,10 @@ fn damage_is_named_by_check() {
     );
     // A truncated index object.
     let ix = storage.list(Kind::Index).unwrap();
-    let ip = root.join("index").join(&ix[0].0);
-    let b = std::fs::read(&ip).unwrap();
-    std::fs::write(&ip, &b[..b.len() / 2]).unwrap();
+    let b = storage.get(Kind::Index, &ix[0].0).unwrap();
+    storage
+        .put(Kind::Index, &ix[0].0, &b[..b.len() / 2])
+        .unwrap();
     let repo = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
     let r = check(&repo, false, None).unwrap();
     assert!(
@@ -225,10 +179,8 @@ fn damage_is_named_by_check() {
     );
 }
 
-#[test]
-fn a_store_serving_an_older_state_is_caught() {
+fn a_store_serving_an_older_state_is_caught(storage: Arc<dyn Storage>) {
     let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path().join("repo")));
     let (repo, _) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
     let state = dir.path().join("state.json");
     let w = Writer::new(&repo, None).unwrap();
@@ -255,10 +207,7 @@ fn a_store_serving_an_older_state_is_caught() {
     assert!(e.contains("does not match its name"), "{e}");
 }
 
-#[test]
-fn keys_can_be_added_removed_and_rotated() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path().join("repo")));
+fn keys_can_be_added_removed_and_rotated(storage: Arc<dyn Storage>) {
     let (mut repo, _) = Repository::init(storage.clone(), b"pw", cheap(), small()).unwrap();
     let extra = repo
         .add_key(&Secret::Password(b"second"), "laptop", cheap())
@@ -297,4 +246,104 @@ fn keys_can_be_added_removed_and_rotated() {
     assert!(check(&r3, true, None).unwrap().problems.is_empty());
     let (_, latest) = r3.find_snapshot("latest").unwrap();
     assert_eq!(r3.tree(&latest).unwrap().nodes[0].name, "g");
+}
+
+/// Writes through to `inner`, but right after the first `config` put lands, a rival init's
+/// key files and config land too, replacing it (two inits racing on a server that ignores
+/// If-None-Match).
+struct RivalConfig {
+    inner: Arc<dyn Storage>,
+    rival: Vec<(Kind, String, Vec<u8>)>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Storage for RivalConfig {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put(&self, kind: Kind, name: &str, data: &[u8]) -> vault::Result<()> {
+        self.inner.put(kind, name, data)?;
+        if kind == Kind::Config && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            for (k, n, bytes) in &self.rival {
+                self.inner.put(*k, n, bytes)?;
+            }
+        }
+        Ok(())
+    }
+    fn get(&self, kind: Kind, name: &str) -> vault::Result<Vec<u8>> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: Kind, name: &str, o: u64, l: u64) -> vault::Result<Vec<u8>> {
+        self.inner.get_range(kind, name, o, l)
+    }
+    fn list(&self, kind: Kind) -> vault::Result<Vec<(String, u64)>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: Kind, name: &str) -> vault::Result<()> {
+        self.inner.delete(kind, name)
+    }
+}
+
+/// No conditional write makes `config` create-only. Two inits racing for one location: the
+/// one whose config was replaced gives way (`AlreadyExists`, its key files removed); key files
+/// of an init that lost after its read-back are passed over by `open`, so the password opens
+/// the repository that holds the config either way.
+fn inits_racing_for_one_location_lock_no_one_out(storage: Arc<dyn Storage>) {
+    // The rival: a complete repository elsewhere, with the same password.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other: Arc<dyn Storage> = Arc::new(vault::storage::LocalStorage::new(
+        elsewhere.path().join("r"),
+    ));
+    let (rival, _) = Repository::init(other.clone(), b"pw", cheap(), small()).unwrap();
+    let rival_keys = other.list(Kind::Keys).unwrap();
+    let mut objects: Vec<(Kind, String, Vec<u8>)> = rival_keys
+        .iter()
+        .map(|(n, _)| (Kind::Keys, n.clone(), other.get(Kind::Keys, n).unwrap()))
+        .collect();
+    objects.push((
+        Kind::Config,
+        "config".into(),
+        other.get(Kind::Config, "config").unwrap(),
+    ));
+
+    // Our init's config is replaced by the rival's right after it lands: it gives way.
+    let racing: Arc<dyn Storage> = Arc::new(RivalConfig {
+        inner: storage.clone(),
+        rival: objects,
+        done: Default::default(),
+    });
+    let e = Repository::init(racing, b"pw", cheap(), small()).unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists { .. }), "{e}");
+    assert_eq!(storage.list(Kind::Keys).unwrap(), rival_keys);
+    let opened = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    assert_eq!(opened.id(), rival.id());
+
+    // A loser's key files that stayed (its read-back passed before the rival's config landed):
+    // the password still opens the repository of the config, whatever the listing order.
+    let lost = tempfile::tempdir().unwrap();
+    let loser: Arc<dyn Storage> =
+        Arc::new(vault::storage::LocalStorage::new(lost.path().join("r")));
+    let (loser_repo, _) = Repository::init(loser.clone(), b"pw", cheap(), small()).unwrap();
+    for (name, _) in loser.list(Kind::Keys).unwrap() {
+        storage
+            .put(Kind::Keys, &name, &loser.get(Kind::Keys, &name).unwrap())
+            .unwrap();
+    }
+    let opened = Repository::open(storage.clone(), &Secret::Password(b"pw")).unwrap();
+    assert_eq!(opened.id(), rival.id());
+    assert_ne!(opened.id(), loser_repo.id());
+    // A password only a foreign key file takes is refused, naming that key file.
+    let stray = tempfile::tempdir().unwrap();
+    let s3: Arc<dyn Storage> = Arc::new(vault::storage::LocalStorage::new(stray.path().join("r")));
+    Repository::init(s3.clone(), b"only-mine", cheap(), small()).unwrap();
+    for (name, _) in s3.list(Kind::Keys).unwrap() {
+        storage
+            .put(Kind::Keys, &name, &s3.get(Kind::Keys, &name).unwrap())
+            .unwrap();
+    }
+    let e = Repository::open(storage.clone(), &Secret::Password(b"only-mine")).unwrap_err();
+    assert!(
+        e.to_string().contains("belongs to another repository"),
+        "{e}"
+    );
 }

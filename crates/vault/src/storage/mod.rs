@@ -9,7 +9,7 @@ mod s3;
 use std::sync::Arc;
 
 pub use local::LocalStorage;
-pub use s3::S3Storage;
+pub use s3::{S3Settings, S3Storage};
 
 use crate::{Error, Result};
 
@@ -108,8 +108,9 @@ pub fn check_name(kind: Kind, name: &str) -> Result<()> {
 }
 
 /// Opens a repository location: `s3://bucket[/prefix]` (endpoint, region and credentials from
-/// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), or a local
-/// folder path.
+/// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`: see
+/// [`S3Settings::from_env`]), or a local folder path. A caller with its own settings (other
+/// timeouts, credentials not from the environment) uses [`S3Storage::new`].
 pub fn open(location: &str) -> Result<Arc<dyn Storage>> {
     if let Some(rest) = location.strip_prefix("s3://") {
         return Ok(Arc::new(S3Storage::from_env(rest)?));
