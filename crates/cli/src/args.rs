@@ -157,6 +157,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::cloud::CloudCommand,
     },
+    /// Run a self-hosted, multi-tenant backup service for `keybag cloud` (HTTPS, accounts,
+    /// devices with scoped tokens; SQLite or PostgreSQL; a folder or S3), or its operator's
+    /// commands (`keybag serve admin …`).
+    #[command(after_help = crate::commands::serve::SERVE_HELP)]
+    Serve(crate::commands::serve::ServeCmd),
     /// A virtual iPhone (a folder): lock states, files, keychain; back it up, restore onto
     /// it, import a real backup.
     #[command(after_help = crate::commands::device::DEVICE_HELP)]

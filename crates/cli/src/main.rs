@@ -55,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo => commands::demo::run(),
         Command::Device { command } => commands::device::run(&command),
         Command::Cloud { command } => commands::cloud::run(&command),
+        Command::Serve(cmd) => commands::serve::run(&cmd),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod info;
 pub mod keychain;
 pub mod ls;
 pub mod passwd;
+pub mod serve;
 pub mod verify;
 
 use std::io::Write;

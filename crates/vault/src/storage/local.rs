@@ -181,6 +181,16 @@ impl Storage for LocalStorage {
         removed
     }
 
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>> {
+        let path = self.path(kind, name)?;
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Err(Error::corrupt(kind.show(name), "not a regular file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::err("get", kind, name, e)),
+        }
+    }
+
     fn delete(&self, kind: Kind, name: &str) -> Result<()> {
         let path = self.path(kind, name)?;
         match fs::remove_file(&path) {

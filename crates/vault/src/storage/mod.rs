@@ -3,11 +3,13 @@
 //! `config` excepted), so no correctness rests on a backend's conditional writes or
 //! read-after-list consistency beyond "a put object can be read back".
 
+mod http;
 mod local;
 mod s3;
 
 use std::sync::Arc;
 
+pub use http::{client as http_client, probe_fingerprint, HttpSettings, HttpStorage};
 pub use local::LocalStorage;
 pub use s3::{S3Settings, S3Storage};
 
@@ -78,6 +80,15 @@ pub trait Storage: Send + Sync {
     fn list(&self, kind: Kind) -> Result<Vec<(String, u64)>>;
     /// Removes an object; removing one that is gone is not an error.
     fn delete(&self, kind: Kind, name: &str) -> Result<()>;
+    /// The size of an object, `None` when it does not exist. (The default reads it whole;
+    /// backends override it with a metadata request.)
+    fn size(&self, kind: Kind, name: &str) -> Result<Option<u64>> {
+        match self.get(kind, name) {
+            Ok(b) => Ok(Some(b.len() as u64)),
+            Err(Error::Missing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     /// Removes what killed writers left half-written, older than `min_age`; returns how many.
     /// (Backends whose writes are atomic on the server leave nothing.)
     fn remove_stale_temps(&self, _min_age: std::time::Duration) -> usize {
@@ -115,9 +126,15 @@ pub fn open(location: &str) -> Result<Arc<dyn Storage>> {
     if let Some(rest) = location.strip_prefix("s3://") {
         return Ok(Arc::new(S3Storage::from_env(rest)?));
     }
+    if location.starts_with("https://") || location.starts_with("http://") {
+        return Err(Error::Invalid(format!(
+            "{location}: a keybag server needs a token and a pinned certificate: open it with \
+             HttpStorage::new (the CLI does, after `keybag cloud login`)"
+        )));
+    }
     if location.contains("://") {
         return Err(Error::Invalid(format!(
-            "{location}: unknown repository scheme (a folder path, or s3://bucket/prefix)"
+            "{location}: unknown repository scheme (a folder path, s3://bucket/prefix or https://server)"
         )));
     }
     Ok(Arc::new(LocalStorage::new(location)))

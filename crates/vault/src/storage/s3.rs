@@ -40,6 +40,7 @@
 //! refused.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -268,8 +269,8 @@ pub struct S3Storage {
     store: AmazonS3,
     bucket: String,
     prefix: String,
-    policy: Policy,
-    rt: tokio::runtime::Runtime,
+    policy: Arc<Policy>,
+    rt: Arc<tokio::runtime::Runtime>,
 }
 
 /// How requests are retried, and how their failures are told.
@@ -367,8 +368,36 @@ impl S3Storage {
             store,
             bucket: settings.bucket,
             prefix: settings.prefix,
-            policy,
-            rt,
+            policy: Arc::new(policy),
+            rt: Arc::new(rt),
+        })
+    }
+
+    /// The same bucket under `prefix/sub`, sharing this one's connections and threads (a
+    /// server keeps one repository per account this way, not one client each).
+    pub fn sub(&self, sub: &str) -> Result<S3Storage> {
+        let ok = !sub.is_empty()
+            && sub.len() <= 128
+            && sub
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && sub != "."
+            && sub != "..";
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "{sub:?}: a sub-prefix is 1 to 128 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        Ok(S3Storage {
+            store: self.store.clone(),
+            bucket: self.bucket.clone(),
+            prefix: if self.prefix.is_empty() {
+                sub.to_string()
+            } else {
+                format!("{}/{sub}", self.prefix)
+            },
+            policy: self.policy.clone(),
+            rt: self.rt.clone(),
         })
     }
 

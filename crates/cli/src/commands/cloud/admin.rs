@@ -49,9 +49,12 @@ impl KdfArgs {
 /// `keybag cloud init REPO`.
 #[derive(Debug, Args)]
 pub struct InitCmd {
-    /// Where: a folder (created), or s3://bucket/prefix.
+    /// Where: a folder (created), s3://bucket/prefix, or https://server (the account's
+    /// repository on a `keybag serve`, after `keybag cloud login`).
     #[arg(value_name = "REPO")]
     pub repo: String,
+    #[command(flatten)]
+    pub server: super::servers::ServerAccess,
     /// The password, from the first line of FILE (else KEYBAG_NEW_REPO_PASSWORD, else a
     /// prompt asked twice).
     #[arg(long, value_name = "FILE")]
@@ -185,7 +188,7 @@ fn show_recovery(rk: &RecoveryKey) {
 
 /// Runs `cloud init`.
 pub fn init(cmd: &InitCmd) -> Result<u8> {
-    let storage = vault::storage::open(&cmd.repo)?;
+    let storage = super::servers::storage(&cmd.repo, &cmd.server)?;
     let pw = repo::new_password(cmd.new_password_file.as_deref(), &cmd.repo)?;
     let spinner = crate::progress::spinner("making the repository keys".into());
     let (r, rk) = Repository::init(storage, &pw, cmd.kdf.params()?, Params::default())?;

@@ -2,8 +2,10 @@
 //! (crates `vault` and `cloud`). The repository's password, a recovery key and backup
 //! passwords come from files, environment variables or a prompt, never from argv.
 
+mod account;
 mod admin;
 mod repo;
+mod servers;
 mod transfer;
 
 use anyhow::Result;
@@ -11,9 +13,11 @@ use clap::{Args, Subcommand};
 
 /// Shown after `keybag cloud --help`.
 pub const CLOUD_HELP: &str = "\
-REPO is a folder path or s3://bucket/prefix (endpoint and credentials from AWS_ENDPOINT_URL,
-AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); --repo may also come from
-KEYBAG_REPO.
+REPO is a folder path, s3://bucket/prefix (endpoint and credentials from AWS_ENDPOINT_URL,
+AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or https://host:port, a `keybag
+serve` (after `keybag cloud login`, or with a device's token: --server-token-file FILE or
+KEYBAG_SERVER_TOKEN); --repo may also come from KEYBAG_REPO. A server's certificate is
+pinned on first use (or with --server-fingerprint) and checked on every connection.
 
 The repository password is read from --repo-password-file FILE, else KEYBAG_REPO_PASSWORD;
 a recovery key from --recovery-key-file FILE, else KEYBAG_RECOVERY_KEY; else a prompt. A
@@ -53,6 +57,20 @@ pub enum CloudCommand {
         #[command(subcommand)]
         command: admin::KeyCommand,
     },
+    /// Set the password of an account a server's operator made (with their enrollment code).
+    Register(account::RegisterCmd),
+    /// Log in to a server (the password never leaves this machine: OPAQUE).
+    Login(account::LoginCmd),
+    /// End the session with a server.
+    Logout(account::ServerOnly),
+    /// Usage, quota, and the devices of the account with their last backups.
+    Status(account::ServerOnly),
+    /// The account's devices: list, add (a scoped token), revoke.
+    Devices {
+        /// What to do.
+        #[command(subcommand)]
+        command: account::DevicesCommand,
+    },
 }
 
 /// A snapshot argument: an ID prefix or `latest`.
@@ -77,6 +95,11 @@ pub fn run(cmd: &CloudCommand) -> Result<u8> {
         CloudCommand::Forget(c) => admin::forget(c),
         CloudCommand::Prune(c) => admin::prune(c),
         CloudCommand::Key { command } => admin::key(command),
+        CloudCommand::Register(c) => account::register(c),
+        CloudCommand::Login(c) => account::login(c),
+        CloudCommand::Logout(c) => account::logout(c),
+        CloudCommand::Status(c) => account::status(c),
+        CloudCommand::Devices { command } => account::devices(command),
     }
 }
 

@@ -26,9 +26,11 @@ pub const STATE_DIR_ENV: &str = "KEYBAG_STATE_DIR";
 /// Where the repository is and what opens it.
 #[derive(Debug, Args)]
 pub struct RepoArgs {
-    /// The repository: a folder, or s3://bucket/prefix.
+    /// The repository: a folder, s3://bucket/prefix, or https://server (a `keybag serve`).
     #[arg(long, value_name = "REPO", env = "KEYBAG_REPO")]
     pub repo: String,
+    #[command(flatten)]
+    pub server: super::servers::ServerAccess,
     /// Read the repository password from the first line of FILE ('-' = stdin).
     #[arg(long, value_name = "FILE", help_heading = "Unlocking")]
     pub repo_password_file: Option<PathBuf>,
@@ -151,7 +153,7 @@ pub fn new_password(file: Option<&Path>, what: &str) -> Result<Zeroizing<Vec<u8>
 
 /// Opens the repository named by `args`.
 pub fn open(args: &RepoArgs) -> Result<Repository> {
-    let storage = vault::storage::open(&args.repo)?;
+    let storage = super::servers::storage(&args.repo, &args.server)?;
     let secret = secret(args)?;
     let spinner = crate::progress::spinner("opening the repository (deriving its key)".into());
     let r = Repository::open(storage, &secret.as_secret());

@@ -1,0 +1,256 @@
+//! `/v1/repo/…`: the vault's storage API over HTTP, in the caller's account's namespace.
+//!
+//! * `GET /v1/repo/{kind}/` lists `[[name, size], …]`;
+//! * `GET`/`HEAD /v1/repo/{kind}/{name}` reads an object (`Range: bytes=a-b` for part of it);
+//! * `PUT` stores one: its name must be the BLAKE3 hash of the body (checked before anything is
+//!   written, so a wrong or partial upload is refused and never visible), the account's quota
+//!   must hold it;
+//! * `DELETE` removes one; `/v1/repo/config` is the repository's marker (written once).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use vault::storage::{check_name, Kind, Storage};
+
+use super::{ApiError, AppState, Caller};
+use crate::auth::{allows, Op};
+
+fn kind(s: &str) -> Result<Kind, ApiError> {
+    Ok(match s {
+        "keys" => Kind::Keys,
+        "data" => Kind::Data,
+        "index" => Kind::Index,
+        "snapshots" => Kind::Snapshots,
+        "pending" => Kind::Pending,
+        _ => return Err(ApiError::not_found()),
+    })
+}
+
+fn check(caller: &Caller, op: Op, k: Kind) -> Result<(), ApiError> {
+    if allows(caller.scope, op, k.dir()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "a {} token may not {} {}",
+            caller.scope.as_str(),
+            match op {
+                Op::List => "list",
+                Op::Read => "read",
+                Op::Write => "write",
+                Op::Delete => "delete",
+            },
+            if k == Kind::Config {
+                "the config"
+            } else {
+                k.dir()
+            }
+        )))
+    }
+}
+
+/// Runs a blocking storage call off the async threads; a storage failure is 503 (passing),
+/// a missing object 404.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> vault::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(vault::Error::Missing { .. })) => Err(ApiError::not_found()),
+        Ok(Err(vault::Error::Corrupt { .. })) => Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range outside the object",
+        )),
+        Ok(Err(_)) | Err(_) => Err(ApiError::unavailable("storage")),
+    }
+}
+
+/// `bytes=a-b` → (offset, length).
+fn range(h: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(v) = h.get(axum::http::header::RANGE) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "unsupported Range");
+    let s = v.to_str().map_err(|_| bad())?;
+    let (a, b) = s
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(bad)?;
+    let a: u64 = a.parse().map_err(|_| bad())?;
+    let b: u64 = b.parse().map_err(|_| bad())?;
+    if b < a || b - a >= 1 << 31 {
+        return Err(bad());
+    }
+    Ok(Some((a, b - a + 1)))
+}
+
+fn octets(method: &Method, body: Vec<u8>) -> Response {
+    let len = body.len();
+    let mut r = if method == Method::HEAD {
+        StatusCode::OK.into_response()
+    } else {
+        body.into_response()
+    };
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if method == Method::HEAD {
+        r.headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    r
+}
+
+/// `GET /v1/repo/{kind}/`.
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path(k): Path<String>,
+) -> Result<Json<Vec<(String, u64)>>, ApiError> {
+    let k = kind(&k)?;
+    check(&caller, Op::List, k)?;
+    let store = st.store(caller.account()?)?;
+    Ok(Json(blocking(move || store.list(k)).await?))
+}
+
+/// `GET`/`HEAD /v1/repo/{kind}/{name}`.
+pub async fn get_object(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    method: Method,
+    headers: HeaderMap,
+    Path((k, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let k = kind(&k)?;
+    check(&caller, Op::Read, k)?;
+    check_name(k, &name).map_err(|_| ApiError::not_found())?;
+    let store = st.store(caller.account()?)?;
+    let body = match range(&headers)? {
+        Some((off, len)) => blocking(move || store.get_range(k, &name, off, len)).await?,
+        None => blocking(move || store.get(k, &name)).await?,
+    };
+    Ok(octets(&method, body))
+}
+
+/// `PUT /v1/repo/{kind}/{name}`.
+pub async fn put_object(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((k, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let k = kind(&k)?;
+    check(&caller, Op::Write, k)?;
+    check_name(k, &name).map_err(|_| ApiError::bad("not an object name"))?;
+    if vault::Id::of_bytes(&body).to_hex() != name {
+        return Err(ApiError::bad(
+            "the body does not hash to the object's name (damaged or incomplete upload)",
+        ));
+    }
+    store_object(&st, &caller, k, name, body).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn store_object(
+    st: &Arc<AppState>,
+    caller: &Caller,
+    k: Kind,
+    name: String,
+    body: Bytes,
+) -> Result<(), ApiError> {
+    let account = caller.account()?.to_string();
+    let acct = st
+        .db
+        .account(&account)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let len = body.len() as i64;
+    let store = st.store(&account)?;
+    let (s, n) = (store.clone(), name.clone());
+    let existed = blocking(move || s.size(k, &n)).await?.is_some();
+    if !existed && acct.used_bytes + len > acct.quota_bytes {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "quota exceeded: {} of {} bytes used",
+                acct.used_bytes, acct.quota_bytes
+            ),
+        ));
+    }
+    blocking(move || store.put(k, &name, &body)).await?;
+    if !existed {
+        st.db.add_usage(&account, len).await?;
+    }
+    if let Some(d) = &caller.device_id {
+        st.db
+            .device_seen(d, crate::admin::now(), k == Kind::Snapshots)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `DELETE /v1/repo/{kind}/{name}`.
+pub async fn delete_object(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((k, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let k = kind(&k)?;
+    check(&caller, Op::Delete, k)?;
+    check_name(k, &name).map_err(|_| ApiError::not_found())?;
+    let account = caller.account()?.to_string();
+    let store = st.store(&account)?;
+    let (s, n) = (store.clone(), name.clone());
+    let size = blocking(move || s.size(k, &n)).await?;
+    blocking(move || store.delete(k, &name)).await?;
+    if let Some(n) = size {
+        st.db.add_usage(&account, -(n as i64)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET`/`HEAD /v1/repo/config`.
+pub async fn get_config(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    method: Method,
+) -> Result<Response, ApiError> {
+    check(&caller, Op::Read, Kind::Config)?;
+    let store = st.store(caller.account()?)?;
+    let body = blocking(move || store.get(Kind::Config, "config")).await?;
+    Ok(octets(&method, body))
+}
+
+/// `PUT /v1/repo/config`: once (the same bytes again are accepted: a retried upload).
+pub async fn put_config(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    check(&caller, Op::Write, Kind::Config)?;
+    if body.len() > 64 << 10 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "config too large",
+        ));
+    }
+    let store: Arc<dyn Storage> = st.store(caller.account()?)?;
+    let s = store.clone();
+    match blocking(move || s.get(Kind::Config, "config")).await {
+        Ok(old) if old == body.as_ref() => return Ok(StatusCode::CREATED),
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "this account's repository exists already",
+            ))
+        }
+        Err(e) if e.status == StatusCode::NOT_FOUND => {}
+        Err(e) => return Err(e),
+    }
+    store_object(&st, &caller, Kind::Config, "config".into(), body).await?;
+    Ok(StatusCode::CREATED)
+}
