@@ -501,6 +501,12 @@ impl Db {
             .execute(&self.pool)
             .await
             .map_err(db_err("login failure"))?;
+        // Failures older than a day count for nothing: forget them.
+        sqlx::query("DELETE FROM login_failures WHERE at < $1")
+            .bind(now - 86_400)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("login failure"))?;
         Ok(())
     }
 

@@ -81,6 +81,8 @@ pub struct ServeOptions {
     pub database: Option<String>,
     /// `s3://bucket/prefix` to keep objects there instead of the data folder.
     pub blobs: Option<String>,
+    /// How to reach the bucket of `blobs`; `None`: the AWS environment variables.
+    pub s3: Option<vault::storage::S3Settings>,
     /// The operator's certificate and key (PEM); a self-signed pair when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Serve plain HTTP (only on a loopback address).
@@ -101,6 +103,7 @@ impl ServeOptions {
             data_dir,
             database: None,
             blobs: None,
+            s3: None,
             tls: None,
             insecure_http: false,
             max_body: 64 << 20,
@@ -142,10 +145,27 @@ pub async fn state(opts: &ServeOptions) -> Result<Arc<AppState>> {
             })?;
             let rest = rest.trim_end_matches('/').to_string();
             // Building the client makes a runtime: not on an async thread.
-            let s3 =
-                tokio::task::spawn_blocking(move || vault::storage::S3Storage::from_env(&rest))
-                    .await
-                    .map_err(|e| Error::Config(e.to_string()))??;
+            let given = opts.s3.clone();
+            let s3 = tokio::task::spawn_blocking(move || {
+                let mut s = match given {
+                    Some(mut s) => {
+                        let (b, p) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+                        s.bucket = b.to_string();
+                        s.prefix = p.trim_matches('/').to_string();
+                        s
+                    }
+                    None => vault::storage::S3Settings::from_env(&rest)?,
+                };
+                // The client retries too (with its own backoff): a request the store cannot
+                // answer soon gets 503 rather than holding a connection for minutes.
+                if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
+                    s.max_retries = 2;
+                }
+                s.retry_window = Duration::from_secs(15);
+                vault::storage::S3Storage::new(s)
+            })
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??;
             routes::Blobs::S3(Arc::new(s3))
         }
         None => routes::Blobs::Folder(opts.data_dir.join("blobs")),
@@ -156,6 +176,29 @@ pub async fn state(opts: &ServeOptions) -> Result<Arc<AppState>> {
 /// Serves until SIGINT or SIGTERM (then finishes requests under way, for up to 30 s).
 /// `ready` is told the address and fingerprint once the socket is bound.
 pub async fn serve(opts: ServeOptions, ready: impl FnOnce(Ready) + Send) -> Result<()> {
+    let stop = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    };
+    serve_until(opts, ready, stop).await
+}
+
+/// Serves until `stop` completes (then finishes requests under way, for up to 30 s).
+pub async fn serve_until(
+    opts: ServeOptions,
+    ready: impl FnOnce(Ready) + Send,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     if opts.insecure_http && !opts.listen.ip().is_loopback() {
         return Err(Error::Config(format!(
             "{}: plain HTTP is allowed only on a loopback address",
@@ -163,7 +206,7 @@ pub async fn serve(opts: ServeOptions, ready: impl FnOnce(Ready) + Send) -> Resu
         )));
     }
     let st = state(&opts).await?;
-    let result = serve_with(&opts, st.clone(), ready).await;
+    let result = serve_with(&opts, st.clone(), ready, stop).await;
     // The S3 client owns a runtime, which may not be dropped on an async thread.
     let _ = tokio::task::spawn_blocking(move || drop(st)).await;
     result
@@ -173,18 +216,13 @@ async fn serve_with(
     opts: &ServeOptions,
     st: Arc<AppState>,
     ready: impl FnOnce(Ready) + Send,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let app = routes::router(st);
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        stop.await;
         shutdown.graceful_shutdown(Some(Duration::from_secs(30)));
     });
     let svc = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -242,7 +242,11 @@ fn bearer(h: &HeaderMap) -> Option<String> {
 /// object name, a token or an account name.
 async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    // Known methods only: a label per made-up method would let anyone grow the metrics.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "PUT" | "POST" | "DELETE") => m.to_string(),
+        _ => "OTHER".to_string(),
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()

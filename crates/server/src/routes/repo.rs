@@ -205,11 +205,13 @@ pub async fn delete_object(
     let account = caller.account()?.to_string();
     let store = st.store(&account)?;
     let (s, n) = (store.clone(), name.clone());
-    let size = blocking(move || s.size(k, &n)).await?;
+    // Not there (or another account's: the same answer): 404, so nothing can be learnt by
+    // guessing names.
+    let size = blocking(move || s.size(k, &n))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     blocking(move || store.delete(k, &name)).await?;
-    if let Some(n) = size {
-        st.db.add_usage(&account, -(n as i64)).await?;
-    }
+    st.db.add_usage(&account, -(size as i64)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
