@@ -98,7 +98,9 @@ impl Db {
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 16 })
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // A database that is down gets 503 soon (the client backs off and retries)
+            // rather than holding every request.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await
             .map_err(|e| Error::Db(format!("cannot open the database: {e}")))?;

@@ -246,9 +246,14 @@ impl Postgres {
         }
     }
 
-    /// Starts it again on the same port.
+    /// Stops it and starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts it again on the same port, after [`Postgres::stop`].
+    pub fn start_again(&mut self) {
         for _ in 0..100 {
             if self.launch() {
                 return;
