@@ -2,7 +2,8 @@
 # Runs every test of keybag on a fresh machine: installs the third-party readers
 # the tests compare against (iphone_backup_decrypt, mvt) into venvs under
 # target/py, the S3-compatible server the vault's S3 tests start on loopback
-# (s3s-fs), checks formatting and lints, then runs the whole test suite.
+# (s3s-fs), PostgreSQL for the service tests (Debian's package), checks formatting and lints,
+# then runs the whole test suite.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -34,6 +35,25 @@ if ! "$cargo_bin/s3s-fs" --version 2>/dev/null | grep -qF "$s3s_version"; then
 fi
 KEYBAG_S3S_FS="$cargo_bin/s3s-fs"
 export KEYBAG_S3S_FS
+
+# PostgreSQL (Debian's package): the service tests make their own clusters with initdb, as
+# the unprivileged `postgres` account when run as root, on free ports of 127.0.0.1, and stop
+# them (crates/server/tests/common/pg.rs). The package's own cluster is not used.
+pg_bin_dir() {
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+if [ -z "$(pg_bin_dir)" ] || [ ! -x "$(pg_bin_dir)/initdb" ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+KEYBAG_PG_BIN="$(pg_bin_dir)"
+export KEYBAG_PG_BIN
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    echo "test.sh: running as root, but there is no postgres account to run PostgreSQL as" >&2
+    exit 1
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

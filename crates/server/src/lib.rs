@@ -89,6 +89,10 @@ pub struct ServeOptions {
     pub insecure_http: bool,
     /// Largest request body (a pack is 16 MiB).
     pub max_body: usize,
+    /// Bytes of request and response bodies held in memory at once, across all requests;
+    /// an upload or download waits for its share (this bounds the server's memory whatever
+    /// the number of clients).
+    pub body_budget: usize,
     /// Requests per second each token may make (a burst of twice that is allowed).
     pub rate_per_token: u32,
     /// Default quota of a new account, bytes.
@@ -107,6 +111,7 @@ impl ServeOptions {
             tls: None,
             insecure_http: false,
             max_body: 64 << 20,
+            body_budget: 96 << 20,
             rate_per_token: 500,
             default_quota: 100 << 30,
         }

@@ -839,3 +839,48 @@ fn health_and_metrics() {
     assert!(!m.contains(&n), "an object name in the metrics");
     assert!(!m.contains("alice"));
 }
+
+/// The memory budget for bodies: with room for one upload at a time, many at once all
+/// succeed (they wait their turn), and downloads share it too.
+#[test]
+fn uploads_wait_for_the_memory_budget() {
+    let d = Deployment::local();
+    let data = tempfile::tempdir().unwrap();
+    let mut o = d.options(data.path().to_path_buf());
+    o.max_body = 1 << 20;
+    o.body_budget = 1 << 20;
+    let srv = TestServer::start(o);
+    let owner = srv.account("alice", "pw one two three");
+    let b = srv.base.clone();
+    let objs: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let body = vec![i as u8; 900 << 10];
+            (vault::Id::of_bytes(&body).to_hex(), body)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (name, body) in &objs {
+            let c = srv.http();
+            let (b, owner) = (&b, &owner);
+            s.spawn(move || {
+                assert_eq!(
+                    status(
+                        &c,
+                        Method::PUT,
+                        &format!("{b}/v1/repo/data/{name}"),
+                        Some(owner),
+                        body.clone()
+                    ),
+                    201
+                );
+                let got = c
+                    .get(format!("{b}/v1/repo/data/{name}"))
+                    .bearer_auth(owner)
+                    .send()
+                    .unwrap();
+                assert_eq!(got.status().as_u16(), 200);
+                assert!(got.bytes().unwrap().as_ref() == body.as_slice());
+            });
+        }
+    });
+}

@@ -37,12 +37,15 @@ pub struct AppState {
     /// Counters.
     pub metrics: Metrics,
     stores: Mutex<HashMap<String, Arc<dyn Storage>>>,
+    /// Body bytes in memory, in KiB permits ([`ServeOptions::body_budget`]).
+    budget: tokio::sync::Semaphore,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
 impl AppState {
     /// The shared state.
     pub fn new(db: Db, setup: ServerSetup<Suite>, blobs: Blobs, opts: ServeOptions) -> AppState {
+        let budget = tokio::sync::Semaphore::new(kib(opts.body_budget.max(opts.max_body)));
         AppState {
             db,
             setup,
@@ -50,8 +53,21 @@ impl AppState {
             opts,
             metrics: Metrics::default(),
             stores: Mutex::new(HashMap::new()),
+            budget,
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until `bytes` more of bodies may be held in memory; the share is given back
+    /// when the permit is dropped.
+    pub async fn reserve(&self, bytes: u64) -> tokio::sync::SemaphorePermit<'_> {
+        let want = kib(usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.opts.max_body));
+        self.budget
+            .acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
+            .await
+            .expect("the budget is never closed")
     }
 
     /// The storage of one account (its own folder or prefix).
@@ -89,6 +105,11 @@ impl AppState {
             false
         }
     }
+}
+
+/// Bytes in KiB, rounded up (a semaphore's permits are counted in u32).
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).max(1)
 }
 
 /// Where objects are kept.

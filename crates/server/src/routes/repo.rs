@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -105,6 +105,18 @@ fn octets(method: &Method, body: Vec<u8>) -> Response {
     r
 }
 
+/// A HEAD answer: the object's length, no body.
+fn octets_len(len: u64) -> Response {
+    let mut r = StatusCode::OK.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut()
+        .insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
 /// `GET /v1/repo/{kind}/`.
 pub async fn list(
     State(st): State<Arc<AppState>>,
@@ -129,23 +141,76 @@ pub async fn get_object(
     check(&caller, Op::Read, k)?;
     check_name(k, &name).map_err(|_| ApiError::not_found())?;
     let store = st.store(caller.account()?)?;
-    let body = match range(&headers)? {
-        Some((off, len)) => blocking(move || store.get_range(k, &name, off, len)).await?,
-        None => blocking(move || store.get(k, &name)).await?,
+    // The object is held in memory to answer: its share of the budget first.
+    let (body, _permit) = match range(&headers)? {
+        Some((off, len)) => {
+            let permit = st.reserve(len).await;
+            let b = blocking(move || store.get_range(k, &name, off, len)).await?;
+            (b, permit)
+        }
+        None => {
+            let (s, n) = (store.clone(), name.clone());
+            let size = blocking(move || s.size(k, &n))
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            let permit = st.reserve(size).await;
+            if method == Method::HEAD {
+                return Ok(octets_len(size));
+            }
+            (blocking(move || store.get(k, &name)).await?, permit)
+        }
     };
     Ok(octets(&method, body))
+}
+
+/// The request's body, read once its share of the memory budget is granted (its declared
+/// length; the largest allowed when it declares none). Too large: 413.
+async fn read_body<'a>(
+    st: &'a AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, tokio::sync::SemaphorePermit<'a>), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {} bytes", st.opts.max_body),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.opts.max_body as u64) {
+        return Err(too_large());
+    }
+    let permit = st
+        .reserve(declared.unwrap_or(st.opts.max_body as u64))
+        .await;
+    let bytes = axum::body::to_bytes(body, st.opts.max_body)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                too_large()
+            } else {
+                ApiError::bad("the body was cut short")
+            }
+        })?;
+    Ok((bytes, permit))
 }
 
 /// `PUT /v1/repo/{kind}/{name}`.
 pub async fn put_object(
     State(st): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     Path((k, name)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     let k = kind(&k)?;
     check(&caller, Op::Write, k)?;
     check_name(k, &name).map_err(|_| ApiError::bad("not an object name"))?;
+    let (body, _permit) = read_body(&st, &headers, body).await?;
     if vault::Id::of_bytes(&body).to_hex() != name {
         return Err(ApiError::bad(
             "the body does not hash to the object's name (damaged or incomplete upload)",
@@ -231,9 +296,11 @@ pub async fn get_config(
 pub async fn put_config(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     check(&caller, Op::Write, Kind::Config)?;
+    let (body, _permit) = read_body(&st, &headers, body).await?;
     if body.len() > 64 << 10 {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
