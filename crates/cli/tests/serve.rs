@@ -180,7 +180,7 @@ enum Deployment {
     Local,
     Scaled {
         pg: pg::Postgres,
-        s3: s3::S3Server,
+        s3: Box<s3::S3Server>,
         db: String,
     },
 }
@@ -191,7 +191,7 @@ impl Deployment {
         let db = pg.create_db("keybag");
         Deployment::Scaled {
             pg,
-            s3: s3::S3Server::start(),
+            s3: Box::new(s3::S3Server::start()),
             db,
         }
     }

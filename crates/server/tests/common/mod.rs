@@ -26,8 +26,8 @@ pub enum Deployment {
     Scaled {
         /// The database server.
         pg: pg::Postgres,
-        /// The object store.
-        s3: s3::S3Server,
+        /// The object store (boxed: it is much larger than `Local`).
+        s3: Box<s3::S3Server>,
         /// The database's URL.
         url: String,
     },
@@ -45,7 +45,7 @@ impl Deployment {
         let url = pg.create_db("keybag");
         Deployment::Scaled {
             pg,
-            s3: s3::S3Server::start(),
+            s3: Box::new(s3::S3Server::start()),
             url,
         }
     }
