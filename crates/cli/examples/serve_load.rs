@@ -7,6 +7,9 @@
 //!         --data DIR --url https://127.0.0.1:PORT --fingerprint HEX \
 //!         [--clients 50] [--seconds 60] [--files 200] [--file-kib 4] [--changes 5]
 //!
+//! With `--make-backup OUT [--files N] [--file-kib K]` it only writes one backup (N files of
+//! K KiB of random bytes) into OUT and exits: the data for the via-server vs direct push.
+//!
 //! DIR is the server's data folder (accounts are made there, as `keybag serve admin` does).
 //! Set-up (accounts, first full pushes) is not measured. Benchmark data protects nothing.
 
@@ -33,6 +36,7 @@ struct Args {
     files: usize,
     file_kib: usize,
     changes: usize,
+    make_backup: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -46,6 +50,7 @@ fn args() -> Args {
         files: 200,
         file_kib: 4,
         changes: 5,
+        make_backup: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -61,11 +66,15 @@ fn args() -> Args {
             "--files" => a.files = val.parse().expect("--files N"),
             "--file-kib" => a.file_kib = val.parse().expect("--file-kib N"),
             "--changes" => a.changes = val.parse().expect("--changes N"),
+            "--make-backup" => a.make_backup = Some(val.into()),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
     }
-    assert!(!a.url.is_empty(), "--url is needed");
+    assert!(
+        a.make_backup.is_some() || !a.url.is_empty(),
+        "--url is needed"
+    );
     a
 }
 
@@ -157,6 +166,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn main() {
     let a = args();
+    if let Some(out) = &a.make_backup {
+        make_backup(out, &vec![0; a.files], a.file_kib, 0);
+        return;
+    }
     let mut opts = server::ServeOptions::new("127.0.0.1:0".parse().unwrap(), a.data.clone());
     opts.database = a.database.clone();
     let work = tempfile::tempdir().expect("temp folder");
