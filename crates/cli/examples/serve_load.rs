@@ -210,7 +210,7 @@ fn main() {
                     .expect("storage")
                 };
                 let cheap = Argon2Params {
-                    m_kib: 8 << 10,
+                    m_kib: 64 << 10,
                     t: 1,
                     p: 1,
                 };
