@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use mobilebackup::blob::BlobReader;
 use mobilebackup::layout::{is_valid_file_id, MANIFEST_DB};
@@ -193,7 +193,15 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
         .or_else(|| unix(backup.info().and_then(|i| i.last_backup_date)));
 
     let files = walk(dir, &mut notes)?;
-    let writer = Writer::new(repo, opts.progress)?;
+    // The journal beside the state file lets an interrupted push resume even where it may
+    // not read back what it stored (a `backup` token on a server).
+    let journal = opts.state.as_ref().map(|s| {
+        let mut dir = s.clone().into_os_string();
+        dir.push(".journal");
+        Arc::new(vault::storage::LocalStorage::new(PathBuf::from(dir)))
+            as Arc<dyn vault::storage::Storage>
+    });
+    let writer = Writer::with_journal(repo, opts.progress, journal)?;
     let notes = Mutex::new(notes);
     let nodes: Vec<Option<(Node, bool)>> = files
         .par_iter()

@@ -36,4 +36,6 @@ mod writer;
 pub use error::{Error, Result};
 pub use id::Id;
 pub use repo::{Config, IndexGuard, KeyInfo, Repository, Snapshots};
-pub use writer::{read_pack_header, recover_unindexed, SnapshotInfo, Writer};
+pub use writer::{
+    read_pack_header, recover_unindexed, recover_unindexed_with, SnapshotInfo, Writer,
+};

@@ -4,13 +4,16 @@
 //! added from many threads at once; a full pack is uploaded by the thread that filled it.
 //!
 //! Write order: packs, then one index object for them, then the snapshot. A push killed at
-//! any point leaves complete packs that no index lists; the next push finds them (it reads
-//! their sealed headers) and indexes them, so nothing already uploaded is uploaded again.
+//! any point leaves complete packs that no index lists; the next push finds them and indexes
+//! them, so nothing already uploaded is uploaded again. It learns what such a pack holds from
+//! the client's journal (one sealed index entry written locally after each pack is stored)
+//! or, without one, by reading the pack's sealed header. The journal is what lets a device
+//! whose token may not read data back (an append-only `backup` token) resume.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fastcdc::v2020::{Normalization, StreamCDC};
 use rayon::prelude::*;
@@ -18,10 +21,11 @@ use rayon::prelude::*;
 use crate::crypto::EpochKey;
 use crate::id::Id;
 use crate::index::{IndexFile, IndexedPack};
+use crate::object::open_object;
 use crate::pack::{header_len, open_header, pack_epoch, seal_blob, BlobKind, PackWriter, HEAD_LEN};
 use crate::repo::Repository;
 use crate::snapshot::{ChainState, Snapshot, Summary};
-use crate::storage::Kind;
+use crate::storage::{Kind, Storage};
 use crate::tree::Tree;
 use crate::{Error, Result};
 
@@ -52,6 +56,7 @@ pub struct Writer<'r> {
     new_bytes: AtomicU64,
     stored_bytes: AtomicU64,
     progress: Option<&'r (dyn Fn(u64) + Sync)>,
+    journal: Option<Arc<dyn Storage>>,
 }
 
 fn now_ms() -> i64 {
@@ -67,8 +72,20 @@ impl<'r> Writer<'r> {
         repo: &'r Repository,
         progress: Option<&'r (dyn Fn(u64) + Sync)>,
     ) -> Result<Writer<'r>> {
+        Writer::with_journal(repo, progress, None)
+    }
+
+    /// [`Writer::new`] with a client-side journal (a private local store, e.g. a folder
+    /// beside the client's state file): each stored pack's index entry is written there,
+    /// sealed, as soon as the pack is stored, so a push interrupted before its index object
+    /// can be resumed without reading anything back from the repository.
+    pub fn with_journal(
+        repo: &'r Repository,
+        progress: Option<&'r (dyn Fn(u64) + Sync)>,
+        journal: Option<Arc<dyn Storage>>,
+    ) -> Result<Writer<'r>> {
         repo.load_index()?;
-        recover_unindexed(repo)?;
+        recover_unindexed_with(repo, journal.as_deref())?;
         let key = repo.keyring().current().clone();
         Ok(Writer {
             repo,
@@ -81,6 +98,7 @@ impl<'r> Writer<'r> {
             new_bytes: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             progress,
+            journal,
         })
     }
 
@@ -132,12 +150,22 @@ impl<'r> Writer<'r> {
             .put(Kind::Data, &name.to_hex(), &bytes)?;
         self.stored_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        self.uploaded.lock().expect("lock").push(IndexedPack {
+        let entry = IndexedPack {
             pack: name,
             epoch: self.key.epoch,
             size: bytes.len() as u64,
             blobs,
-        });
+        };
+        if let Some(j) = &self.journal {
+            // Best effort: without the entry a resumed push reads the header, or stores the
+            // pack's chunks again; never wrong, only slower.
+            let _ = IndexFile {
+                supersedes: Vec::new(),
+                packs: vec![entry.clone()],
+            }
+            .store(j.as_ref(), self.repo.keyring());
+        }
+        self.uploaded.lock().expect("lock").push(entry);
         Ok(())
     }
 
@@ -214,6 +242,9 @@ impl<'r> Writer<'r> {
                 }
             }
         }
+        if let Some(j) = &self.journal {
+            clear_journal(j.as_ref());
+        }
         // Parent: the newest snapshot of the chain now in the repository.
         let snaps = self.repo.snapshots()?;
         let parent = snaps
@@ -256,6 +287,39 @@ impl<'r> Writer<'r> {
 /// Indexes packs that no index object lists (left by a push killed after uploading them):
 /// their sealed headers are read and one index object is written for them. Returns how many.
 pub fn recover_unindexed(repo: &Repository) -> Result<usize> {
+    recover_unindexed_with(repo, None)
+}
+
+/// The journal's entries: pack name → its index entry. Entries that do not open under this
+/// repository's keys (another repository's, damaged) are ignored.
+fn journal_entries(repo: &Repository, journal: &dyn Storage) -> HashMap<Id, IndexedPack> {
+    let mut out = HashMap::new();
+    for (name, _) in journal.list(Kind::Index).unwrap_or_default() {
+        let entry = journal
+            .get(Kind::Index, &name)
+            .and_then(|b| open_object(repo.keyring(), Kind::Index, &name, &b))
+            .and_then(|plain| IndexFile::decode(&name, &plain));
+        if let Ok(f) = entry {
+            for p in f.packs {
+                out.insert(p.pack, p);
+            }
+        }
+    }
+    out
+}
+
+/// Forgets every journal entry (their packs are indexed in the repository now).
+fn clear_journal(journal: &dyn Storage) {
+    for (name, _) in journal.list(Kind::Index).unwrap_or_default() {
+        let _ = journal.delete(Kind::Index, &name);
+    }
+}
+
+/// [`recover_unindexed`], taking what an unindexed pack holds from `journal` (see
+/// [`Writer::with_journal`]) when it has the pack at the size listed, else from the pack's
+/// header; a pack whose header cannot be read (not allowed, damaged) is left alone: its
+/// chunks are stored again. The journal is cleared once the recovered packs are indexed.
+pub fn recover_unindexed_with(repo: &Repository, journal: Option<&dyn Storage>) -> Result<usize> {
     let listed = repo.storage().list(Kind::Data)?;
     let orphans: Vec<(String, u64)> = {
         let ix = repo.index()?;
@@ -269,11 +333,23 @@ pub fn recover_unindexed(repo: &Repository) -> Result<usize> {
             .collect()
     };
     if orphans.is_empty() {
+        if let Some(j) = journal {
+            clear_journal(j);
+        }
         return Ok(0);
     }
+    let journaled = journal
+        .map(|j| journal_entries(repo, j))
+        .unwrap_or_default();
     let found: Vec<IndexedPack> = orphans
         .par_iter()
-        .filter_map(|(name, size)| read_pack_header(repo, name, *size).ok())
+        .filter_map(|(name, size)| {
+            let id: Id = name.parse().ok()?;
+            match journaled.get(&id) {
+                Some(p) if p.size == *size => Some(p.clone()),
+                _ => read_pack_header(repo, name, *size).ok(),
+            }
+        })
         .collect();
     if found.is_empty() {
         return Ok(0);
@@ -283,6 +359,9 @@ pub fn recover_unindexed(repo: &Repository) -> Result<usize> {
         packs: found.clone(),
     }
     .store(repo.storage(), repo.keyring())?;
+    if let Some(j) = journal {
+        clear_journal(j);
+    }
     let n = found.len();
     let mut ix = repo.index_mut();
     if let Some(ix) = ix.as_mut() {
