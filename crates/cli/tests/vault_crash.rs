@@ -248,6 +248,22 @@ fn snapshot_ids(repo: &Path, state: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// A scratch folder in memory when the system has one (/dev/shm): every object the vault
+/// stores is synced, and SIGKILL trials do not need the disk (the process dies, not the
+/// machine), so the trials need not wait for it.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(t) = tempfile::Builder::new()
+            .prefix("vault-crash-")
+            .tempdir_in(shm)
+        {
+            return t;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -258,7 +274,7 @@ fn ms(d: Duration) -> f64 {
 fn push_crash_trials() {
     let start = Instant::now();
     let seed = seed();
-    let base = tempfile::tempdir().unwrap();
+    let base = scratch();
     let base = base.path();
     let b = base.join("backup");
     backup(&b, UDID_A, 0);
@@ -409,7 +425,10 @@ fn prune_template(base: &Path) -> (PathBuf, PathBuf, Vec<(String, PathBuf)>) {
     };
     forget();
     let first = ok_json(prune(&repo, &state));
-    assert!(first["marked"].as_u64().unwrap() > 0, "{first}");
+    assert!(
+        first["marked"].as_u64().unwrap() + first["repacked"].as_u64().unwrap() > 0,
+        "the first prune marked nothing: {first}"
+    );
     let a = id(ok_json(push(&repo, &state, &a2)));
     forget();
     (repo, state, vec![(a, a2), (c, c0)])
@@ -419,7 +438,7 @@ fn prune_template(base: &Path) -> (PathBuf, PathBuf, Vec<(String, PathBuf)>) {
 fn prune_crash_trials() {
     let start = Instant::now();
     let seed = seed();
-    let base = tempfile::tempdir().unwrap();
+    let base = scratch();
     let base = base.path();
     let (template, tstate, survivors) = prune_template(base);
     assert_eq!(snapshot_count(&template), 2);
@@ -526,7 +545,7 @@ const ROUNDS: usize = 4;
 #[test]
 fn pushes_and_prunes_at_once_lose_nothing() {
     let start = Instant::now();
-    let base = tempfile::tempdir().unwrap();
+    let base = scratch();
     let base = base.path();
     let template = base.join("template");
     let tstate = base.join("template-state");

@@ -294,6 +294,23 @@ impl<'r> Writer<'r> {
             }
             ids
         };
+        // Parent: the newest snapshot of the chain now in the repository. The client state
+        // is read before the listing: a push of this client finishing in between has saved
+        // its snapshot in the state only after storing it, so the listing shows it (the other
+        // way round, it would look like a rollback). Done before the last check below, so
+        // that the snapshot is written right after that check.
+        let mut state_file = match state {
+            Some(p) => Some((p, ChainState::load(p)?)),
+            None => None,
+        };
+        let snaps = self.repo.snapshots()?;
+        let parent = snaps
+            .iter()
+            .filter(|(_, s)| s.chain == info.chain)
+            .max_by_key(|(id, s)| (s.seq, s.time_ms, *id));
+        if let Some((_, st)) = state_file.as_mut() {
+            st.observe(&snaps)?;
+        }
         // Upload and index what is left, then check that every chunk the snapshot needs
         // (reused or stored by this push) is in a stored pack no prune has marked since;
         // what had to be copied or stored again is uploaded and indexed in turn.
@@ -352,19 +369,6 @@ impl<'r> Writer<'r> {
                      period)"
                 )));
             }
-        }
-        // Parent: the newest snapshot of the chain now in the repository.
-        let snaps = self.repo.snapshots()?;
-        let parent = snaps
-            .iter()
-            .filter(|(_, s)| s.chain == info.chain)
-            .max_by_key(|(id, s)| (s.seq, s.time_ms, *id));
-        let mut state_file = match state {
-            Some(p) => Some((p, ChainState::load(p)?)),
-            None => None,
-        };
-        if let Some((_, st)) = state_file.as_mut() {
-            st.observe(&snaps)?;
         }
         let snapshot = Snapshot {
             version: 1,
