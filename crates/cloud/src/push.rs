@@ -8,7 +8,7 @@
 //! every file of a backup pushed without the password are stored as they are. Each file's
 //! SHA-1 is recorded, and pull writes nothing that does not match it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -217,6 +217,34 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
             }
         })
         .collect::<Vec<_>>();
+    // A prune running beside this push may have deleted packs whose chunks this push found
+    // in the repository: the files holding such chunks are stored again (the writer then
+    // stores those chunks anew).
+    let mut nodes = nodes;
+    for _ in 0..4 {
+        let lost: HashSet<Id> = writer.revalidate()?.into_iter().collect();
+        if lost.is_empty() {
+            break;
+        }
+        for (rel, slot) in files.iter().zip(nodes.iter_mut()) {
+            let Some((node, _)) = slot else {
+                continue;
+            };
+            if !node.chunks.iter().any(|c| lost.contains(c)) {
+                continue;
+            }
+            *slot = match store_file(&backup, &writer, &dir.join(rel), rel, unlocked, &by_id) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    notes
+                        .lock()
+                        .expect("lock")
+                        .push(format!("{rel}: not stored: {e}"));
+                    None
+                }
+            };
+        }
+    }
     let mut tree = Tree::default();
     let (mut rekeyed, mut raw) = (0u64, 0u64);
     for (node, rk) in nodes.into_iter().flatten() {

@@ -8,8 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rayon::prelude::*;
-
 use crate::id::Id;
 use crate::keys::Keyring;
 use crate::object::{open_object, seal_object};
@@ -103,25 +101,24 @@ pub struct Index {
     added: HashMap<Id, Location>,
     /// Index objects read (and not superseded).
     pub files: Vec<Id>,
+    /// Index objects still stored that another one supersedes (left by a prune killed
+    /// before it deleted them; the next prune deletes them).
+    pub stale: Vec<Id>,
 }
 
 impl Index {
-    /// Reads every index object (in parallel), drops those another supersedes, and builds
-    /// the index. An index object that does not open or decode is left out and returned as a
+    /// Reads every index object (in parallel; one that vanishes between listing and reading
+    /// makes the listing be read again), drops those another supersedes, and builds the index. An index object that does not open or decode is left out and returned as a
     /// problem naming it (its packs are then unknown until a push re-indexes them).
     pub fn load_lenient(storage: &dyn Storage, keyring: &Keyring) -> Result<(Index, Vec<Error>)> {
-        let names = storage.list(Kind::Index)?;
-        let results: Vec<Result<(Id, IndexFile)>> = names
-            .par_iter()
-            .map(|(name, _)| {
-                let bytes = storage.get(Kind::Index, name)?;
-                let plain = open_object(keyring, Kind::Index, name, &bytes)?;
-                Ok((
-                    name.parse::<Id>().expect("listed names are ids"),
-                    IndexFile::decode(name, &plain)?,
-                ))
-            })
-            .collect();
+        let results = crate::storage::read_listed(storage, Kind::Index, |name| {
+            let bytes = storage.get(Kind::Index, name)?;
+            let plain = open_object(keyring, Kind::Index, name, &bytes)?;
+            Ok((
+                name.parse::<Id>().expect("listed names are ids"),
+                IndexFile::decode(name, &plain)?,
+            ))
+        })?;
         let mut files = Vec::new();
         let mut problems = Vec::new();
         for r in results {
@@ -137,6 +134,7 @@ impl Index {
         let mut index = Index::default();
         for (name, f) in files {
             if superseded.contains(&name) {
+                index.stale.push(name);
                 continue;
             }
             index.files.push(name);

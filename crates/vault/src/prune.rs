@@ -12,7 +12,11 @@
 //! Order, so that a prune killed at any point leaves a repository `check` passes: new packs,
 //! their index, the new marks; then a new index without the deleted packs that supersedes
 //! every index object it was built from; then those index objects; then the packs; last the
-//! old marks. Nothing is ever deleted before what replaces it is stored.
+//! old marks. Nothing is ever deleted before what replaces it is stored. A prune killed on the
+//! way is finished by the next one: the new index supersedes the stale index objects too
+//! (those superseded but not yet deleted), and marked packs no index lists any more are
+//! deleted from the marks alone. Pushes never index a marked pack (`recover_unindexed`), and
+//! re-check the marks before writing their snapshot ([`crate::Writer::revalidate`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -49,13 +53,14 @@ impl Pending {
         Ok(p)
     }
 
-    /// Every pending object.
+    /// Every pending object (one that vanishes between listing and reading, removed by a
+    /// concurrent prune after it stored its successor, makes the listing be read again).
     pub fn load_all(storage: &dyn Storage, keyring: &Keyring) -> Result<Vec<(String, Pending)>> {
-        storage
-            .list(Kind::Pending)?
-            .into_iter()
-            .map(|(name, _)| Ok((name.clone(), Pending::load(storage, keyring, &name)?)))
-            .collect()
+        crate::storage::read_listed(storage, Kind::Pending, |name| {
+            Ok((name.to_string(), Pending::load(storage, keyring, name)?))
+        })?
+        .into_iter()
+        .collect()
     }
 
     fn store(&self, storage: &dyn Storage, keyring: &Keyring) -> Result<Id> {
@@ -154,9 +159,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         },
         ..PruneReport::default()
     };
+    // Snapshots first, then the index: a push writes its index object before its snapshot,
+    // so every snapshot listed here has its chunks in the index loaded after (the other way
+    // round, a push finishing in between would leave a snapshot whose tree is not indexed).
+    let snaps = repo.snapshots()?;
     repo.reset_index();
     repo.load_index()?;
-    let snaps = repo.snapshots()?;
     let used = used_blobs(repo, &snaps)?;
     let pending = Pending::load_all(storage, keyring)?;
     let mut marked_at: HashMap<Id, i64> = HashMap::new();
@@ -169,7 +177,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let current = keyring.current().epoch;
 
     // Which pack each used blob is counted in: an unmarked one if any.
-    let (packs, index_files, mut used_in): (Vec<_>, Vec<Id>, HashMap<u32, u64>) = {
+    let (packs, index_files, stale_files, mut used_in): (
+        Vec<_>,
+        Vec<Id>,
+        Vec<Id>,
+        HashMap<u32, u64>,
+    ) = {
         let ix = repo.index()?;
         let mut used_in: HashMap<u32, u64> = HashMap::new();
         for id in &used {
@@ -182,7 +195,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 *used_in.entry(l.pack).or_default() += l.len as u64;
             }
         }
-        (ix.packs().to_vec(), ix.files.clone(), used_in)
+        (
+            ix.packs().to_vec(),
+            ix.files.clone(),
+            ix.stale.clone(),
+            used_in,
+        )
     };
     report.packs = packs.len();
 
@@ -207,6 +225,25 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                     to_repack.push(no);
                 }
             }
+        }
+    }
+    // Marked packs no index lists any more (a prune killed after writing the index without
+    // them, before deleting them all): deleted once their grace period is over.
+    let indexed: HashSet<Id> = packs.iter().map(|p| p.id).collect();
+    for (name, size) in storage.list(Kind::Data)? {
+        let Ok(id) = name.parse::<Id>() else {
+            continue;
+        };
+        if indexed.contains(&id) {
+            continue;
+        }
+        match marked_at.get(&id) {
+            Some(&t) if now - t >= opts.grace.as_millis() as i64 => to_delete.push((id, size)),
+            Some(&t) => {
+                report.waiting += 1;
+                keep_marks.push((id, t));
+            }
+            None => {}
         }
     }
     report.marked = to_mark.len();
@@ -254,12 +291,17 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         // The full index, re-read now (it includes what step 1 and concurrent pushes added).
         repo.reset_index();
         repo.load_index()?;
+        // It supersedes every index object read, and the stale ones (superseded by one of
+        // those, left by a killed prune): if a stale one outlived its superseder, it would
+        // list deleted packs again.
         let (keep, files): (Vec<IndexedPack>, Vec<Id>) = {
             let ix = repo.index()?;
             let nos: Vec<u32> = (0..ix.packs().len() as u32)
                 .filter(|no| !gone.contains(&ix.pack(*no).id))
                 .collect();
-            (ix.indexed_packs(&nos), ix.files.clone())
+            let mut files = ix.files.clone();
+            files.extend(ix.stale.iter().copied());
+            (ix.indexed_packs(&nos), files)
         };
         IndexFile {
             supersedes: files.clone(),
@@ -271,6 +313,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
         for (id, _) in &to_delete {
             storage.delete(Kind::Data, &id.to_hex())?;
+        }
+    } else {
+        // Stale index objects a killed prune left: their superseder is stored.
+        for f in stale_files {
+            storage.delete(Kind::Index, &f.to_hex())?;
         }
     }
     // 4. The old marks (their content is in the new pending object or was acted upon).

@@ -8,7 +8,6 @@ use std::io::Write;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use rand::RngCore;
-use rayon::prelude::*;
 
 use crate::id::Id;
 use crate::index::{Index, Location, PackInfo};
@@ -357,6 +356,17 @@ impl Repository {
         self.marked.read().expect("lock").clone()
     }
 
+    /// Re-reads the pending-deletion marks (a prune may have run since the index was
+    /// loaded) and returns them.
+    pub fn reload_marks(&self) -> Result<HashSet<Id>> {
+        let marked: HashSet<Id> = Pending::load_all(self.storage.as_ref(), &self.keyring)?
+            .into_iter()
+            .flat_map(|(_, p)| p.packs)
+            .collect();
+        *self.marked.write().expect("lock") = marked.clone();
+        Ok(marked)
+    }
+
     // ------------------------------------------------------------------ reading
 
     /// A blob's plaintext.
@@ -400,15 +410,14 @@ impl Repository {
     }
 
     /// Every snapshot that opens, with the ones that do not as errors (read in parallel).
+    /// A snapshot listed but gone when read (a concurrent `forget`, or `prune --reseal`
+    /// replacing it) is not an error: the listing is read again, and after a few tries such a
+    /// snapshot is left out.
     pub fn snapshots_lenient(&self) -> Result<(Snapshots, Vec<Error>)> {
-        let names = self.storage.list(Kind::Snapshots)?;
-        let results: Vec<Result<(Id, Snapshot)>> = names
-            .par_iter()
-            .map(|(name, _)| {
-                let s = Snapshot::load(self.storage.as_ref(), &self.keyring, name)?;
-                Ok((name.parse().expect("listed names are ids"), s))
-            })
-            .collect();
+        let results = crate::storage::read_listed(self.storage.as_ref(), Kind::Snapshots, |n| {
+            let s = Snapshot::load(self.storage.as_ref(), &self.keyring, n)?;
+            Ok((n.parse::<Id>().expect("listed names are ids"), s))
+        })?;
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for r in results {

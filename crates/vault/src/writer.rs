@@ -9,11 +9,19 @@
 //! the client's journal (one sealed index entry written locally after each pack is stored)
 //! or, without one, by reading the pack's sealed header. The journal is what lets a device
 //! whose token may not read data back (an append-only `backup` token) resume.
+//!
+//! A prune may run beside a push. The push reuses chunks of packs the index listed when it
+//! started; before it writes its snapshot it re-reads the marks and the pack listing
+//! ([`Writer::revalidate`], and again inside [`Writer::commit`] after its index object is
+//! stored): every chunk the snapshot needs whose packs were since marked for deletion is
+//! copied into a pack of this push, and one whose packs are gone is stored again from its
+//! content. A prune therefore only has to wait (its grace period) longer than the moment
+//! between that last check and the snapshot write, not longer than the whole push.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fastcdc::v2020::{Normalization, StreamCDC};
 use rayon::prelude::*;
@@ -49,8 +57,12 @@ pub struct Writer<'r> {
     packer: Mutex<PackWriter>,
     /// Chunks stored (or being stored) by this push, so two threads never store one twice.
     taken: Mutex<HashSet<Id>>,
-    /// Packs marked for deletion: their blobs are not reused.
-    marked: HashSet<Id>,
+    /// Packs marked for deletion (or found deleted): their blobs are not reused.
+    marked: RwLock<HashSet<Id>>,
+    /// Chunks found in the repository (not stored again): checked before the snapshot.
+    reused: Mutex<HashSet<Id>>,
+    /// Chunks to store even though the index lists them (their packs vanished).
+    force: Mutex<HashSet<Id>>,
     uploaded: Mutex<Vec<IndexedPack>>,
     new_blobs: AtomicU64,
     new_bytes: AtomicU64,
@@ -92,7 +104,9 @@ impl<'r> Writer<'r> {
             packer: Mutex::new(PackWriter::new(key.epoch)),
             key,
             taken: Mutex::new(HashSet::new()),
-            marked: repo.marked(),
+            marked: RwLock::new(repo.marked()),
+            reused: Mutex::new(HashSet::new()),
+            force: Mutex::new(HashSet::new()),
             uploaded: Mutex::new(Vec::new()),
             new_blobs: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
@@ -107,9 +121,10 @@ impl<'r> Writer<'r> {
         let Ok(ix) = self.repo.index() else {
             return false;
         };
+        let marked = self.marked.read().expect("lock");
         ix.all(id)
             .iter()
-            .any(|l| !self.marked.contains(&ix.pack(l.pack).id))
+            .any(|l| !marked.contains(&ix.pack(l.pack).id))
     }
 
     /// Stores one chunk unless the repository has it; returns its ID.
@@ -118,9 +133,20 @@ impl<'r> Writer<'r> {
         if let Some(p) = self.progress {
             p(data.len() as u64);
         }
-        if self.known(&id) || !self.taken.lock().expect("lock").insert(id) {
+        let forced = self.force.lock().expect("lock").contains(&id);
+        if !forced && self.known(&id) {
+            self.reused.lock().expect("lock").insert(id);
             return Ok(id);
         }
+        if !self.taken.lock().expect("lock").insert(id) {
+            return Ok(id);
+        }
+        self.store(id, kind, data)?;
+        Ok(id)
+    }
+
+    /// Seals and packs one chunk (uploading the pack when full).
+    fn store(&self, id: Id, kind: BlobKind, data: &[u8]) -> Result<()> {
         let sealed = seal_blob(&self.key, &id, kind, data);
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
@@ -137,7 +163,78 @@ impl<'r> Writer<'r> {
         if let Some(pack) = full {
             self.upload(pack)?;
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Checks, against the marks and the pack listing as they are now, every chunk of
+    /// `ids`: one that has a copy in a stored, unmarked pack is fine; one whose packs are
+    /// all marked (by a concurrent prune) but still stored is copied into this push's packs;
+    /// one whose packs are all gone is returned (and will be stored again when added).
+    fn check_ids(&self, ids: &HashSet<Id>) -> Result<Vec<Id>> {
+        let marks = self.repo.reload_marks()?;
+        let stored: HashSet<Id> = self
+            .repo
+            .storage()
+            .list(Kind::Data)?
+            .into_iter()
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect();
+        let mut copy = Vec::new();
+        let mut lost = Vec::new();
+        {
+            let ix = self.repo.index()?;
+            let mut marked = self.marked.write().expect("lock");
+            marked.extend(marks.iter().copied());
+            marked.extend(
+                ix.packs()
+                    .iter()
+                    .filter(|p| !stored.contains(&p.id))
+                    .map(|p| p.id),
+            );
+            for id in ids {
+                let locs = ix.all(id);
+                if locs.iter().any(|l| !marked.contains(&ix.pack(l.pack).id)) {
+                    continue;
+                }
+                match locs.iter().find(|l| stored.contains(&ix.pack(l.pack).id)) {
+                    Some(l) => copy.push((*id, ix.pack(l.pack), *l)),
+                    None => lost.push(*id),
+                }
+            }
+        }
+        for (id, pack, loc) in copy {
+            match self.repo.read_blob(&pack, &loc, &id) {
+                Ok(data) => {
+                    self.taken.lock().expect("lock").insert(id);
+                    self.store(id, loc.kind, &data)?;
+                }
+                // Gone meanwhile, or not readable with this token (a `backup` token may not
+                // read data): stored again from its content instead, which is always right.
+                Err(_) => lost.push(id),
+            }
+        }
+        {
+            let mut reused = self.reused.lock().expect("lock");
+            let mut force = self.force.lock().expect("lock");
+            let mut taken = self.taken.lock().expect("lock");
+            for id in &lost {
+                reused.remove(id);
+                taken.remove(id);
+                force.insert(*id);
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Re-checks the chunks this push reused from the repository against a concurrent
+    /// prune: those in packs marked since the push started are copied into this push's
+    /// packs; those whose packs were deleted are returned, and the caller must add their
+    /// content again ([`Writer::add_reader`] / [`Writer::add_chunk`] then store them) before
+    /// [`Writer::commit`]. Call it once everything is added (commit checks again, but can
+    /// only re-store the tree itself).
+    pub fn revalidate(&self) -> Result<Vec<Id>> {
+        let reused = self.reused.lock().expect("lock").clone();
+        self.check_ids(&reused)
     }
 
     fn upload(&self, pack: PackWriter) -> Result<()> {
@@ -207,7 +304,8 @@ impl<'r> Writer<'r> {
     ) -> Result<(Id, Snapshot)> {
         // The tree, cut like content, so an unchanged part is stored once.
         let bytes = tree.to_bytes();
-        let (tree_ids, _) = {
+        let mut tree_chunks: HashMap<Id, Vec<u8>> = HashMap::new();
+        let tree_ids = {
             let p = self.repo.params();
             let mut ids = Vec::new();
             for c in StreamCDC::with_level_and_seed(
@@ -219,44 +317,87 @@ impl<'r> Writer<'r> {
                 self.key.chunker_seed,
             ) {
                 let c = c.map_err(|e| Error::Invalid(format!("tree chunking: {e}")))?;
-                ids.push(self.add_chunk(BlobKind::Tree, &c.data)?);
+                let id = self.add_chunk(BlobKind::Tree, &c.data)?;
+                tree_chunks.insert(id, c.data);
+                ids.push(id);
             }
-            (ids, bytes.len())
+            ids
         };
-        let last = std::mem::replace(
-            &mut *self.packer.lock().expect("lock"),
-            PackWriter::new(self.key.epoch),
-        );
-        self.upload(last)?;
-        let packs = std::mem::take(&mut *self.uploaded.lock().expect("lock"));
-        if !packs.is_empty() {
-            IndexFile {
-                supersedes: Vec::new(),
-                packs: packs.clone(),
-            }
-            .store(self.repo.storage(), self.repo.keyring())?;
-            let mut ix = self.repo.index_mut();
-            if let Some(ix) = ix.as_mut() {
-                for p in packs {
-                    ix.add_pack(p);
-                }
-            }
-        }
-        if let Some(j) = &self.journal {
-            clear_journal(j.as_ref());
-        }
-        // Parent: the newest snapshot of the chain now in the repository.
+        // Parent: the newest snapshot of the chain now in the repository. The client state
+        // is read before the listing: a push of this client finishing in between has saved
+        // its snapshot in the state only after storing it, so the listing shows it (the other
+        // way round, it would look like a rollback). Done before the last check below, so
+        // that the snapshot is written right after that check.
+        let mut state_file = match state {
+            Some(p) => Some((p, ChainState::load(p)?)),
+            None => None,
+        };
         let snaps = self.repo.snapshots()?;
         let parent = snaps
             .iter()
             .filter(|(_, s)| s.chain == info.chain)
             .max_by_key(|(id, s)| (s.seq, s.time_ms, *id));
-        let mut state_file = match state {
-            Some(p) => Some((p, ChainState::load(p)?)),
-            None => None,
-        };
         if let Some((_, st)) = state_file.as_mut() {
             st.observe(&snaps)?;
+        }
+        // Upload and index what is left, then check that every chunk the snapshot needs
+        // (reused or stored by this push) is in a stored pack no prune has marked since;
+        // what had to be copied or stored again is uploaded and indexed in turn.
+        let mut rounds = 0;
+        loop {
+            let last = std::mem::replace(
+                &mut *self.packer.lock().expect("lock"),
+                PackWriter::new(self.key.epoch),
+            );
+            self.upload(last)?;
+            let packs = std::mem::take(&mut *self.uploaded.lock().expect("lock"));
+            if packs.is_empty() && rounds > 0 {
+                break;
+            }
+            if !packs.is_empty() {
+                IndexFile {
+                    supersedes: Vec::new(),
+                    packs: packs.clone(),
+                }
+                .store(self.repo.storage(), self.repo.keyring())?;
+                let mut ix = self.repo.index_mut();
+                if let Some(ix) = ix.as_mut() {
+                    for p in packs {
+                        ix.add_pack(p);
+                    }
+                }
+            }
+            rounds += 1;
+            if rounds > 8 {
+                return Err(Error::Invalid(
+                    "a concurrent prune keeps marking the packs of this push; run the push \
+                     again (and give prune a longer grace period)"
+                        .into(),
+                ));
+            }
+            let needed: HashSet<Id> = {
+                let reused = self.reused.lock().expect("lock");
+                let taken = self.taken.lock().expect("lock");
+                reused.union(&taken).copied().collect()
+            };
+            let lost = self.check_ids(&needed)?;
+            let mut gone = 0usize;
+            for id in lost {
+                match tree_chunks.get(&id) {
+                    Some(data) => {
+                        self.taken.lock().expect("lock").insert(id);
+                        self.store(id, BlobKind::Tree, data)?;
+                    }
+                    None => gone += 1,
+                }
+            }
+            if gone > 0 {
+                return Err(Error::Invalid(format!(
+                    "a concurrent prune deleted the packs of {gone} chunk(s) this push needs \
+                     after it checked them; run the push again (and give prune a longer grace \
+                     period)"
+                )));
+            }
         }
         let snapshot = Snapshot {
             version: 1,
@@ -276,6 +417,10 @@ impl<'r> Writer<'r> {
             },
         };
         let id = snapshot.store(self.repo.storage(), self.repo.keyring())?;
+        // Every pack of this push is indexed now: the journal has nothing left to tell.
+        if let Some(j) = &self.journal {
+            clear_journal(j.as_ref());
+        }
         if let Some((path, mut st)) = state_file {
             st.record(id, &snapshot);
             st.save(path)?;
@@ -286,6 +431,12 @@ impl<'r> Writer<'r> {
 
 /// Indexes packs that no index object lists (left by a push killed after uploading them):
 /// their sealed headers are read and one index object is written for them. Returns how many.
+///
+/// A pack marked for deletion is never indexed again: a prune killed while deleting (or
+/// deleting right now) leaves marked packs no index lists, and indexing one would make a
+/// later push reuse, or `check` expect, a pack about to vanish. The marks are read after the
+/// headers, and each pack is looked up once more after that: prune deletes a pack before
+/// its mark, so a pack still stored whose mark is gone was not being deleted.
 pub fn recover_unindexed(repo: &Repository) -> Result<usize> {
     recover_unindexed_with(repo, None)
 }
@@ -332,6 +483,7 @@ pub fn recover_unindexed_with(repo: &Repository, journal: Option<&dyn Storage>) 
             })
             .collect()
     };
+    let marks = repo.reload_marks()?;
     if orphans.is_empty() {
         if let Some(j) = journal {
             clear_journal(j);
@@ -341,8 +493,9 @@ pub fn recover_unindexed_with(repo: &Repository, journal: Option<&dyn Storage>) 
     let journaled = journal
         .map(|j| journal_entries(repo, j))
         .unwrap_or_default();
-    let found: Vec<IndexedPack> = orphans
+    let headers: Vec<IndexedPack> = orphans
         .par_iter()
+        .filter(|(name, _)| name.parse::<Id>().is_ok_and(|id| !marks.contains(&id)))
         .filter_map(|(name, size)| {
             let id: Id = name.parse().ok()?;
             match journaled.get(&id) {
@@ -350,6 +503,22 @@ pub fn recover_unindexed_with(repo: &Repository, journal: Option<&dyn Storage>) 
                 _ => read_pack_header(repo, name, *size).ok(),
             }
         })
+        .collect();
+    if headers.is_empty() {
+        return Ok(0);
+    }
+    // A prune may have marked or deleted some meanwhile. One listing rather than a request
+    // per pack (and a `backup` token may list data but not read it, not even its size).
+    let marks = repo.reload_marks()?;
+    let still: HashSet<String> = repo
+        .storage()
+        .list(Kind::Data)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let found: Vec<IndexedPack> = headers
+        .into_iter()
+        .filter(|p| !marks.contains(&p.pack) && still.contains(&p.pack.to_hex()))
         .collect();
     if found.is_empty() {
         return Ok(0);

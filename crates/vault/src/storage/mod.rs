@@ -96,6 +96,32 @@ pub trait Storage: Send + Sync {
     }
 }
 
+/// Lists `kind` and reads every object with `read` (in parallel). An object listed but gone
+/// when read (deleted by a concurrent prune, forget or reseal, which always store what
+/// replaces an object before deleting it) makes the listing be read again, up to five times;
+/// after that, objects that keep vanishing are left out. Other errors are returned, one per
+/// object.
+pub fn read_listed<T: Send>(
+    storage: &dyn Storage,
+    kind: Kind,
+    read: impl Fn(&str) -> Result<T> + Sync,
+) -> Result<Vec<Result<T>>> {
+    use rayon::prelude::*;
+    let gone = |r: &Result<T>| matches!(r, Err(Error::Missing { .. }));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let names = storage.list(kind)?;
+        let results: Vec<Result<T>> = names.par_iter().map(|(n, _)| read(n)).collect();
+        if !results.iter().any(gone) {
+            return Ok(results);
+        }
+        if tries >= 5 {
+            return Ok(results.into_iter().filter(|r| !gone(r)).collect());
+        }
+    }
+}
+
 /// Checks an object name: `config`, or 64 lowercase hex digits (so a name can never become a
 /// path outside its folder).
 pub fn check_name(kind: Kind, name: &str) -> Result<()> {

@@ -186,9 +186,11 @@ pub fn state_file(args: &RepoArgs, repo: &Repository) -> PathBuf {
 /// Every snapshot, checked against what this client saw before (a rollback is refused), and
 /// recorded as seen.
 pub fn snapshots(args: &RepoArgs, repo: &Repository) -> Result<Snapshots> {
-    let all = repo.snapshots()?;
+    // The state before the listing: what a concurrent push of this client recorded there
+    // is already in the repository when the listing is read.
     let path = state_file(args, repo);
     let mut st = ChainState::load(&path)?;
+    let all = repo.snapshots()?;
     st.observe(&all)?;
     st.save(&path)?;
     Ok(all)
