@@ -155,9 +155,11 @@ impl Annex {
         Ok(a)
     }
 
-    /// The node name of a record's blob: `xx/fileID`.
+    /// The node name of a record's blob: `xx/fileID` (a fileID is 40 hex digits; one that is
+    /// shorter than two bytes, or whose second byte is inside a character, is its own prefix).
     pub fn blob_node(file_id: &str) -> String {
-        format!("{}/{file_id}", &file_id[..2.min(file_id.len())])
+        let prefix = file_id.get(..2).unwrap_or(file_id);
+        format!("{prefix}/{file_id}")
     }
 }
 
@@ -182,5 +184,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Annex::decode(&a.encode()).unwrap(), a);
+    }
+
+    #[test]
+    fn blob_nodes_of_odd_file_ids_do_not_panic() {
+        assert_eq!(Annex::blob_node("ab12"), "ab/ab12");
+        assert_eq!(Annex::blob_node("a"), "a/a");
+        assert_eq!(Annex::blob_node(""), "/");
+        // Found by the vault_plain fuzz target: byte 2 inside '€'.
+        assert_eq!(Annex::blob_node("a€"), "a€/a€");
     }
 }

@@ -320,5 +320,314 @@ fn main() {
             &good[..1],
         ),
     );
+    vault_seeds(&mut out);
+    server_seeds(&mut out);
     eprintln!("wrote {} seeds under {}", out.n, out.root.display());
+}
+
+/// `[mode] ‖ bytes`.
+fn moded(mode: u8, bytes: &[u8]) -> Vec<u8> {
+    [&[mode][..], bytes].concat()
+}
+
+/// Vault objects made by the vault's own writers under the fixed keyring, the plaintexts
+/// inside them, cloud's snapshot metadata, and a real repository's key files and config.
+fn vault_seeds(out: &mut Out) {
+    use cloud::model::{Annex, DeviceMeta, FileMeta, Rec, RecKind, Stored};
+    use keybag_fuzzing::vault_fixture;
+    use vault::index::{IndexFile, IndexedPack};
+    use vault::keys::{Argon2Params, KeyFile, Params, Secret};
+    use vault::pack::{self, BlobKind, Entry, PackWriter};
+    use vault::snapshot::{Snapshot, Summary};
+    use vault::storage::{Kind, LocalStorage, Storage};
+    use vault::tree::{Node, Tree};
+    use vault::Id;
+
+    let kr = vault_fixture::keyring();
+    let key = kr.current();
+    // A pack of three blobs (short, compressible, empty) and a tree blob.
+    let datas: [&[u8]; 3] = [b"one", &[7u8; 300], b""];
+    let mut w = PackWriter::new(key.epoch);
+    for d in datas {
+        let id = key.chunk_id(d);
+        w.push(
+            id,
+            BlobKind::Data,
+            d.len() as u32,
+            &pack::seal_blob(key, &id, BlobKind::Data, d),
+        );
+    }
+    let tree_id = key.chunk_id(b"tree");
+    w.push(
+        tree_id,
+        BlobKind::Tree,
+        4,
+        &pack::seal_blob(key, &tree_id, BlobKind::Tree, b"tree"),
+    );
+    let (pack_id, pack_bytes, entries) = w.finish(key);
+    out.put("vault_sealed", "pack", &moded(1, &pack_bytes));
+    let header = postcard::to_stdvec(&entries).unwrap();
+    out.put("vault_plain", "header", &moded(7, &header));
+    // Entries that fit the target's 256 filler bytes, one that does not.
+    let fit = |offset: u32, len: u32| Entry {
+        id: Id([9; 32]),
+        kind: BlobKind::Data,
+        offset,
+        len,
+        raw_len: len,
+    };
+    for e in [vec![fit(9, 100), fit(109, 156)], vec![fit(9, 300)], vec![]] {
+        out.put(
+            "vault_sealed",
+            "header",
+            &moded(3, &postcard::to_stdvec(&e).unwrap()),
+        );
+    }
+
+    let index = IndexFile {
+        supersedes: vec![Id([3; 32])],
+        packs: vec![IndexedPack {
+            pack: pack_id,
+            epoch: key.epoch,
+            size: pack_bytes.len() as u64,
+            blobs: entries,
+        }],
+    };
+    let index_plain = postcard::to_stdvec(&index).unwrap();
+    let mut tags = BTreeMap::new();
+    tags.insert("device".to_string(), "iPhone".to_string());
+    let snap = Snapshot {
+        version: 1,
+        time_ms: 1_700_000_000_000,
+        chain: "00008110-000A1B2C3D4E5F60".into(),
+        parent: Some(Id([4; 32])),
+        seq: 3,
+        host: "host".into(),
+        tags,
+        tree: vec![tree_id],
+        summary: Summary {
+            files: 2,
+            bytes: 300,
+            new_blobs: 1,
+            new_bytes: 300,
+            stored_bytes: 400,
+        },
+    };
+    let snap_plain = serde_json::to_vec(&snap).unwrap();
+    let pending = vault::prune::Pending {
+        marks: vec![(pack_id, 1_700_000_000_000)],
+        packs: vec![],
+    };
+    let pending_plain = pending.encode();
+    for (kind, mode, plain) in [
+        (Kind::Index, 0u8, &index_plain),
+        (Kind::Snapshots, 1, &snap_plain),
+        (Kind::Pending, 6, &pending_plain),
+    ] {
+        let (_, sealed) = vault::object::seal_object(kr, kind, plain);
+        out.put("vault_sealed", "object", &moded(0, &sealed));
+        out.put("vault_plain", "object", &moded(mode, plain));
+    }
+    out.put("vault_sealed", "plain", &moded(2, b"hello"));
+    out.put("vault_sealed", "plain", &moded(2, &snap_plain));
+
+    // A phone backup's tree: file metadata of both kinds, an annex with records of each kind.
+    let metas = [
+        FileMeta {
+            stored: Stored::Raw,
+            len: 3,
+            sha1: [1; 20],
+            mtime: 1_700_000_000,
+        },
+        FileMeta {
+            stored: Stored::Rekey { key: [2; 32] },
+            len: 300,
+            sha1: [3; 20],
+            mtime: -1,
+        },
+    ];
+    let rec = |path: &str, kind: RecKind, target: Option<&str>| Rec {
+        domain: "HomeDomain".into(),
+        path: path.into(),
+        kind,
+        file_id: mobilebackup::layout::file_id("HomeDomain", path),
+        size: 3,
+        mtime: 1_700_000_000,
+        class: 3,
+        mode: 0o100644,
+        target: target.map(str::to_string),
+    };
+    let annex = Annex {
+        version: 1,
+        device: DeviceMeta {
+            name: Some("iPhone".into()),
+            udid: Some("00008110".into()),
+            product: Some("iPhone14,2".into()),
+            ios: Some("17.4".into()),
+        },
+        backup_date: Some(1_700_000_000),
+        encrypted: true,
+        unlocked: true,
+        records: vec![
+            rec("Library/a", RecKind::File, None),
+            rec("Library", RecKind::Dir, None),
+            rec("l", RecKind::Symlink, Some("a")),
+            rec("x", RecKind::Other(9), None),
+        ],
+        notes: vec!["a note".into()],
+    };
+    let tree = Tree {
+        nodes: metas
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Node {
+                name: format!("ab/{i}"),
+                size: m.len,
+                meta: m.encode(),
+                chunks: vec![key.chunk_id(b"one")],
+            })
+            .collect(),
+        annex: annex.encode(),
+    };
+    out.put("vault_plain", "tree", &moded(2, &tree.to_bytes()));
+    out.put("vault_plain", "annex", &moded(3, &annex.encode()));
+    for m in &metas {
+        out.put("vault_plain", "meta", &moded(4, &m.encode()));
+    }
+    for (d, compress) in [(&b"hello"[..], false), (&[0u8; 200][..], true)] {
+        let framed = vault::crypto::frame_blob(d, compress);
+        out.put(
+            "vault_plain",
+            "frame",
+            &moded(5, &[&(d.len() as u32).to_le_bytes()[..], &framed].concat()),
+        );
+    }
+
+    // Key material: a real repository's key files (password, recovery) and config, the
+    // fixture keyring's key file, recovery key texts, keyring plaintexts.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = std::sync::Arc::new(LocalStorage::new(dir.path()));
+    let cheap = Argon2Params {
+        m_kib: vault::keys::MIN_MEMORY_KIB,
+        t: 1,
+        p: 1,
+    };
+    let (_repo, rk) =
+        vault::Repository::init(storage.clone(), b"pw", Some(cheap), Params::default()).unwrap();
+    for (name, _) in storage.list(Kind::Keys).unwrap() {
+        out.put(
+            "vault_keys",
+            "keyfile",
+            &moded(0, &storage.get(Kind::Keys, &name).unwrap()),
+        );
+    }
+    out.put(
+        "vault_keys",
+        "config",
+        &moded(3, &storage.get(Kind::Config, "config").unwrap()),
+    );
+    let fixture_rk = vault_fixture::recovery_key();
+    let kf = KeyFile::seal(kr, &Secret::Recovery(&fixture_rk), "recovery", None, 0).unwrap();
+    out.put("vault_keys", "keyfile", &moded(0, &kf.to_bytes()));
+    for text in [
+        vault_fixture::RECOVERY_KEY.to_string(),
+        rk.display().to_lowercase().replace('-', " "),
+    ] {
+        out.put("vault_keys", "recovery", &moded(1, text.as_bytes()));
+    }
+    out.put(
+        "vault_keys",
+        "keyring",
+        &moded(2, &postcard::to_stdvec(kr).unwrap()),
+    );
+}
+
+/// Request bytes as `keybag serve`'s client sends them, with real OPAQUE messages of a
+/// registration and a login against the fixed server setup.
+fn server_seeds(out: &mut Out) {
+    use base64::Engine;
+    use opaque_ke::{
+        ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+        ClientRegistrationFinishParameters, ServerLogin, ServerLoginParameters, ServerRegistration,
+    };
+    use server::auth::Suite;
+
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let put = |out: &mut Out, name: &str, mode: u8, b: &[u8]| {
+        out.put("server_requests", name, &moded(mode, b))
+    };
+    for s in [
+        "keys",
+        "data",
+        "index",
+        "snapshots",
+        "pending",
+        "config",
+        &"0f".repeat(32),
+    ] {
+        put(out, "name", 0, s.as_bytes());
+    }
+    for s in ["bytes=0-99", "bytes=9-9"] {
+        put(out, "range", 1, s.as_bytes());
+    }
+    let (token, _) = server::auth::new_token();
+    put(out, "bearer", 2, format!("Bearer {token}").as_bytes());
+
+    let setup = keybag_fuzzing::server_setup();
+    let mut rng = rand::rngs::OsRng;
+    let pw = b"correct horse";
+    let reg = ClientRegistration::<Suite>::start(&mut rng, pw).unwrap();
+    let req = reg.message.serialize();
+    let resp = ServerRegistration::start(setup, reg.message, b"account").unwrap();
+    let fin = reg
+        .state
+        .finish(
+            &mut rng,
+            pw,
+            resp.message,
+            ClientRegistrationFinishParameters::default(),
+        )
+        .unwrap();
+    let upload = fin.message.serialize();
+    let file = ServerRegistration::finish(fin.message);
+    let login = ClientLogin::<Suite>::start(&mut rng, pw).unwrap();
+    let cred = login.message.serialize();
+    let start = ServerLogin::start(
+        &mut rng,
+        setup,
+        Some(file.clone()),
+        login.message,
+        b"account",
+        ServerLoginParameters::default(),
+    )
+    .unwrap();
+    let state = start.state.serialize();
+    let done = login
+        .state
+        .finish(
+            &mut rng,
+            pw,
+            start.message,
+            ClientLoginFinishParameters::default(),
+        )
+        .unwrap();
+    let finalization = done.message.serialize();
+    put(out, "registration-request", 4, &req);
+    put(out, "registration-upload", 5, &upload);
+    put(out, "credential-request", 6, &cred);
+    put(out, "finalization", 7, &finalization);
+    put(out, "password-file", 7, &file.serialize());
+    put(out, "login-state", 7, &state);
+    for body in [
+        serde_json::json!({"account": "alice", "code": "0123456789abcdef", "message": b64(&req)}),
+        serde_json::json!({"account": "alice", "code": "0123456789abcdef", "message": b64(&upload)}),
+        serde_json::json!({"account": "alice", "message": b64(&cred)}),
+        serde_json::json!({"login": "0123456789abcdef", "message": b64(&finalization)}),
+        serde_json::json!({"name": "Alice's iPhone", "scope": "restore"}),
+        serde_json::json!({"name": "iPad"}),
+        serde_json::json!({"name": "bob", "quota_bytes": 1_000_000}),
+        serde_json::json!({"bytes": 5}),
+    ] {
+        put(out, "json", 3, &serde_json::to_vec(&body).unwrap());
+    }
 }

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod db;
 mod metrics;
+pub mod parse;
 mod routes;
 pub mod tls;
 

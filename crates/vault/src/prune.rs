@@ -46,11 +46,21 @@ impl Pending {
     pub fn load(storage: &dyn Storage, keyring: &Keyring, name: &str) -> Result<Pending> {
         let bytes = storage.get(Kind::Pending, name)?;
         let plain = open_object(keyring, Kind::Pending, name, &bytes)?;
-        let mut p: Pending = postcard::from_bytes(&plain).map_err(|e| {
+        Self::decode_plain(name, &plain)
+    }
+
+    /// Decodes an opened pending object's plaintext (postcard), filling in `packs`.
+    pub fn decode_plain(name: &str, plain: &[u8]) -> Result<Pending> {
+        let mut p: Pending = postcard::from_bytes(plain).map_err(|e| {
             Error::corrupt(Kind::Pending.show(name), format!("does not decode: {e}"))
         })?;
         p.packs = p.marks.iter().map(|(id, _)| *id).collect();
         Ok(p)
+    }
+
+    /// Its plaintext, as [`Pending::decode_plain`] reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serializable")
     }
 
     /// Every pending object (one that vanishes between listing and reading, removed by a
@@ -64,8 +74,7 @@ impl Pending {
     }
 
     fn store(&self, storage: &dyn Storage, keyring: &Keyring) -> Result<Id> {
-        let bytes = postcard::to_stdvec(self).expect("serializable");
-        let (id, sealed) = seal_object(keyring, Kind::Pending, &bytes);
+        let (id, sealed) = seal_object(keyring, Kind::Pending, &self.encode());
         storage.put(Kind::Pending, &id.to_hex(), &sealed)?;
         Ok(id)
     }

@@ -83,17 +83,29 @@ fn read_config(storage: &dyn Storage) -> Result<Config> {
         }
         Err(e) => return Err(e),
     };
-    let c: Config = serde_json::from_slice(&bytes).map_err(|e| Error::NotARepository {
-        location: storage.location(),
-        reason: format!("config does not decode: {e}"),
-    })?;
-    if c.format != FORMAT || c.version != 1 {
-        return Err(Error::NotARepository {
-            location: storage.location(),
-            reason: format!("config says {} version {}", c.format, c.version),
-        });
+    Config::from_bytes(&storage.location(), &bytes)
+}
+
+impl Config {
+    /// Parses the plain `config` object read from `location` (JSON; format `keybag-vault`,
+    /// version 1), [`Error::NotARepository`] otherwise.
+    pub fn from_bytes(location: &str, bytes: &[u8]) -> Result<Config> {
+        let c: Config = serde_json::from_slice(bytes).map_err(|e| Error::NotARepository {
+            location: location.to_string(),
+            reason: format!("config does not decode: {e}"),
+        })?;
+        if c.format != FORMAT || c.version != 1 {
+            return Err(Error::NotARepository {
+                location: location.to_string(),
+                reason: format!(
+                    "config says {} version {}",
+                    c.format.escape_debug(),
+                    c.version
+                ),
+            });
+        }
+        Ok(c)
     }
-    Ok(c)
 }
 
 impl Repository {

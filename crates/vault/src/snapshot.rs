@@ -72,7 +72,12 @@ impl Snapshot {
     /// Opens stored bytes.
     pub fn decode(keyring: &Keyring, name: &str, bytes: &[u8]) -> Result<Snapshot> {
         let plain = open_object(keyring, Kind::Snapshots, name, bytes)?;
-        let s: Snapshot = serde_json::from_slice(&plain).map_err(|e| {
+        Self::decode_plain(name, &plain)
+    }
+
+    /// Decodes an opened snapshot object's plaintext (JSON, version 1).
+    pub fn decode_plain(name: &str, plain: &[u8]) -> Result<Snapshot> {
+        let s: Snapshot = serde_json::from_slice(plain).map_err(|e| {
             Error::corrupt(Kind::Snapshots.show(name), format!("does not decode: {e}"))
         })?;
         if s.version != 1 {

@@ -15,15 +15,13 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
-use opaque_ke::{
-    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
-    ServerLogin, ServerLoginParameters, ServerRegistration,
-};
+use opaque_ke::{ServerLogin, ServerLoginParameters, ServerRegistration};
 use serde::{Deserialize, Serialize};
 
 use super::{peer, ApiError, AppState, Caller};
 use crate::admin::now;
 use crate::auth::{self, Scope, Suite};
+use crate::parse::{self, LoginFinish, LoginStart, NewAccount, NewDevice, Quota, RegisterRequest};
 
 /// How long a login's `owner` token lasts (seconds).
 pub const SESSION_TTL: i64 = 12 * 3600;
@@ -39,17 +37,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 fn decode(what: &str, s: &str) -> Result<Vec<u8>, ApiError> {
-    b64()
-        .decode(s)
-        .map_err(|_| ApiError::bad(format!("{what} is not base64")))
-}
-
-/// `{account, code, message}` (registration).
-#[derive(Deserialize)]
-pub struct RegisterStart {
-    account: String,
-    code: String,
-    message: String,
+    parse::base64(s).ok_or_else(|| ApiError::bad(format!("{what} is not base64")))
 }
 
 /// A message back.
@@ -72,11 +60,11 @@ async fn enrolled(st: &AppState, account: &str, code: &str) -> Result<(String, S
 /// `POST /v1/register/start`.
 pub async fn register_start(
     State(st): State<Arc<AppState>>,
-    Json(req): Json<RegisterStart>,
+    Json(req): Json<RegisterRequest>,
 ) -> Result<Json<Message>, ApiError> {
     let (id, _) = enrolled(&st, &req.account, &req.code).await?;
-    let msg = RegistrationRequest::<Suite>::deserialize(&decode("message", &req.message)?)
-        .map_err(|_| ApiError::bad("not an OPAQUE registration request"))?;
+    let msg = parse::registration_request(&decode("message", &req.message)?)
+        .ok_or_else(|| ApiError::bad("not an OPAQUE registration request"))?;
     let r = ServerRegistration::<Suite>::start(&st.setup, msg, id.as_bytes())
         .map_err(|_| ApiError::bad("OPAQUE registration failed"))?;
     Ok(Json(Message {
@@ -87,11 +75,11 @@ pub async fn register_start(
 /// `POST /v1/register/finish`.
 pub async fn register_finish(
     State(st): State<Arc<AppState>>,
-    Json(req): Json<RegisterStart>,
+    Json(req): Json<RegisterRequest>,
 ) -> Result<StatusCode, ApiError> {
     let (id, hash) = enrolled(&st, &req.account, &req.code).await?;
-    let upload = RegistrationUpload::<Suite>::deserialize(&decode("message", &req.message)?)
-        .map_err(|_| ApiError::bad("not an OPAQUE registration upload"))?;
+    let upload = parse::registration_upload(&decode("message", &req.message)?)
+        .ok_or_else(|| ApiError::bad("not an OPAQUE registration upload"))?;
     let file = ServerRegistration::<Suite>::finish(upload);
     if !st
         .db
@@ -104,13 +92,6 @@ pub async fn register_finish(
         ));
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `{account, message}` (login start).
-#[derive(Deserialize)]
-pub struct LoginStart {
-    account: String,
-    message: String,
 }
 
 /// `{login, message}`.
@@ -143,8 +124,8 @@ pub async fn login_start(
 ) -> Result<Json<LoginReply>, ApiError> {
     let addr = peer(ci);
     throttled(&st, &req.account, &addr).await?;
-    let msg = CredentialRequest::<Suite>::deserialize(&decode("message", &req.message)?)
-        .map_err(|_| ApiError::bad("not an OPAQUE credential request"))?;
+    let msg = parse::credential_request(&decode("message", &req.message)?)
+        .ok_or_else(|| ApiError::bad("not an OPAQUE credential request"))?;
     // Every start counts as a failure until its finish succeeds: a client can tell a wrong
     // password from the server's answer alone, without ever finishing.
     st.db.login_failed(&req.account, &addr, now()).await?;
@@ -153,7 +134,7 @@ pub async fn login_start(
         Some(a) => match st.db.password_file(&a.id).await? {
             Some(f) => (
                 a.id.clone(),
-                ServerRegistration::<Suite>::deserialize(&decode("password file", &f)?).ok(),
+                parse::password_file(&decode("password file", &f)?),
             ),
             None => (a.id.clone(), None),
         },
@@ -193,13 +174,6 @@ pub async fn login_start(
     }))
 }
 
-/// `{login, message}` (login finish).
-#[derive(Deserialize)]
-pub struct LoginFinish {
-    login: String,
-    message: String,
-}
-
 /// A new token.
 #[derive(Serialize)]
 pub struct TokenReply {
@@ -222,10 +196,10 @@ pub async fn login_finish(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown or expired login"))?;
     let (state, name) = saved.split_once(':').ok_or_else(failed)?;
-    let fin = CredentialFinalization::<Suite>::deserialize(&decode("message", &req.message)?)
-        .map_err(|_| ApiError::bad("not an OPAQUE credential finalization"))?;
-    let server = ServerLogin::<Suite>::deserialize(&decode("state", state)?)
-        .map_err(|_| ApiError::bad("login state"))?;
+    let fin = parse::credential_finalization(&decode("message", &req.message)?)
+        .ok_or_else(|| ApiError::bad("not an OPAQUE credential finalization"))?;
+    let server =
+        parse::login_state(&decode("state", state)?).ok_or_else(|| ApiError::bad("login state"))?;
     let ok = account_id != "-" && server.finish(fin, ServerLoginParameters::default()).is_ok();
     if !ok {
         return Err(failed());
@@ -289,18 +263,6 @@ pub async fn devices(
     Ok(Json(st.db.devices(caller.account()?).await?))
 }
 
-/// `{name, scope}`: a new device and its token.
-#[derive(Deserialize)]
-pub struct NewDevice {
-    name: String,
-    #[serde(default = "backup_scope")]
-    scope: Scope,
-}
-
-fn backup_scope() -> Scope {
-    Scope::Backup
-}
-
 /// `POST /v1/devices`.
 pub async fn add_device(
     State(st): State<Arc<AppState>>,
@@ -308,14 +270,7 @@ pub async fn add_device(
     Json(req): Json<NewDevice>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Scope::Owner)?;
-    if !matches!(req.scope, Scope::Backup | Scope::Restore) {
-        return Err(ApiError::bad("a device token is backup or restore"));
-    }
-    if req.name.is_empty() || req.name.len() > 100 || req.name.chars().any(char::is_control) {
-        return Err(ApiError::bad(
-            "a device name is 1 to 100 printable characters",
-        ));
-    }
+    req.check().map_err(ApiError::bad)?;
     let account = caller.account()?;
     let id = auth::new_id();
     st.db.add_device(&id, account, &req.name, now()).await?;
@@ -358,13 +313,6 @@ pub async fn admin_accounts(
     Ok(Json(st.db.accounts().await?))
 }
 
-/// `{name, quota_bytes}`.
-#[derive(Deserialize)]
-pub struct NewAccount {
-    name: String,
-    quota_bytes: Option<i64>,
-}
-
 /// `POST /v1/admin/accounts`: a new account and its enrollment code.
 pub async fn admin_add_account(
     State(st): State<Arc<AppState>>,
@@ -392,12 +340,6 @@ pub async fn admin_reset(
     Ok(Json(serde_json::json!({"enrollment_code": code})))
 }
 
-/// `{bytes}`.
-#[derive(Deserialize)]
-pub struct Quota {
-    bytes: i64,
-}
-
 /// `PUT /v1/admin/accounts/{name}/quota`.
 pub async fn admin_quota(
     State(st): State<Arc<AppState>>,
@@ -406,9 +348,7 @@ pub async fn admin_quota(
     Json(q): Json<Quota>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Admin)?;
-    if q.bytes < 0 {
-        return Err(ApiError::bad("a quota is not negative"));
-    }
+    q.check().map_err(ApiError::bad)?;
     crate::admin::set_quota(&st.db, &name, q.bytes)
         .await
         .map_err(|_| ApiError::not_found())?;

@@ -255,8 +255,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 fn bearer(h: &HeaderMap) -> Option<String> {
     let v = h.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let t = v.strip_prefix("Bearer ")?.trim();
-    (!t.is_empty() && t.len() < 200).then(|| t.to_string())
+    crate::parse::bearer(v).map(str::to_string)
 }
 
 /// One JSON line per request on stderr, and the metrics. The route template only: never an

@@ -20,14 +20,7 @@ use super::{ApiError, AppState, Caller};
 use crate::auth::{allows, Op};
 
 fn kind(s: &str) -> Result<Kind, ApiError> {
-    Ok(match s {
-        "keys" => Kind::Keys,
-        "data" => Kind::Data,
-        "index" => Kind::Index,
-        "snapshots" => Kind::Snapshots,
-        "pending" => Kind::Pending,
-        _ => return Err(ApiError::not_found()),
-    })
+    crate::parse::kind(s).ok_or_else(ApiError::not_found)
 }
 
 fn check(caller: &Caller, op: Op, k: Kind) -> Result<(), ApiError> {
@@ -75,16 +68,7 @@ fn range(h: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
     };
     let bad = || ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "unsupported Range");
     let s = v.to_str().map_err(|_| bad())?;
-    let (a, b) = s
-        .strip_prefix("bytes=")
-        .and_then(|r| r.split_once('-'))
-        .ok_or_else(bad)?;
-    let a: u64 = a.parse().map_err(|_| bad())?;
-    let b: u64 = b.parse().map_err(|_| bad())?;
-    if b < a || b - a >= 1 << 31 {
-        return Err(bad());
-    }
-    Ok(Some((a, b - a + 1)))
+    crate::parse::range(s).map(Some).ok_or_else(bad)
 }
 
 fn octets(method: &Method, body: Vec<u8>) -> Response {
