@@ -258,6 +258,37 @@ fn bearer(h: &HeaderMap) -> Option<String> {
     crate::parse::bearer(v).map(str::to_string)
 }
 
+/// How much of a body declared too large is read and thrown away before the 413, and for how
+/// long: a server that answers without reading makes the client's send fail with a broken
+/// pipe before it can read the answer ("lingering close", as nginx does).
+const LINGER_BYTES: u64 = 16 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A 413 for a request whose declared length is over the limit, after reading and dropping
+/// its body (up to [`LINGER_BYTES`] past the limit, for at most [`LINGER_TIME`]), so the
+/// client gets the answer. `None` when the declared length is within the limit (or absent:
+/// the handlers then stop reading at the limit).
+async fn refuse_oversized(req: Request, max: usize) -> Result<Response, Request> {
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let Some(n) = declared.filter(|n| *n > max as u64) else {
+        return Err(req);
+    };
+    if n <= max as u64 + LINGER_BYTES {
+        let mut body = req.into_body();
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    }
+    Ok(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {max} bytes"),
+    )
+    .into_response())
+}
+
 /// One JSON line per request on stderr, and the metrics. The route template only: never an
 /// object name, a token or an account name.
 async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -278,7 +309,10 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
         .unwrap_or(0);
     st.metrics.start();
     st.metrics.bytes_in(len_in);
-    let resp = next.run(req).await;
+    let resp = match refuse_oversized(req, st.opts.max_body).await {
+        Ok(refused) => refused,
+        Err(req) => next.run(req).await,
+    };
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
     if let Some(n) = resp
