@@ -3,8 +3,8 @@
 #
 #   scripts/bench-vault.sh      # from any cwd; results in $B/results (summary.md)
 #
-# Data: the device of scripts/bench-device.sh (10,000 files of 105 kB, 1.05 GB; made by the
-# device_bench example, kept in $B/data) and two encrypted `keybag device backup` runs of it
+# Data: a device like scripts/bench-device.sh's (10,000 files of 105 kB, 1.05 GB) but with
+# random, incompressible contents, all different (device_bench populate-random; kept in $B/data) and two encrypted `keybag device backup` runs of it
 # into two new folders, bk1 and bk2: two backup keybags, so every blob of bk2 differs from
 # bk1's (a re-keyed full backup). Both tools get the same folders, on the same disk:
 #   first push       keybag cloud push bk1 (with the backup's password: files stored
@@ -57,13 +57,13 @@ KB="$T/release/keybag"
 } | tee "$R/machine.txt"
 
 export KEYBAG_PASSWORD='keybag-bench device backup'   # protects nothing but generated noise
-if [ "$(cat "$D/stamp" 2>/dev/null)" != "vault_bench v1" ]; then
+if [ "$(cat "$D/stamp" 2>/dev/null)" != "vault_bench v2" ]; then
     log "populating the device and making bk1, bk2 (two encrypted backups, two keybags)"
     rm -rf "$D"
-    "$T/release/examples/device_bench" populate "$D"
+    "$T/release/examples/device_bench" populate-random "$D"
     "$KB" device backup "$D/phone" "$D/bk1" --encrypt >/dev/null
     "$KB" device backup "$D/phone" "$D/bk2" --encrypt >/dev/null
-    echo "vault_bench v1" >"$D/stamp"
+    echo "vault_bench v2" >"$D/stamp"
 fi
 echo "bk1: $(find "$D/bk1" -type f | wc -l) files, $(du -sb "$D/bk1" | cut -f1) bytes"
 

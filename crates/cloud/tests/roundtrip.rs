@@ -1,6 +1,12 @@
 //! Push and pull against the fixtures and keybag's own device backups: every file of the
 //! pulled folder byte-identical to the pushed one; a re-keyed backup of the same phone adds
-//! almost nothing; the repository's objects hold no plaintext of the backup.
+//! almost nothing; the repository's objects hold no plaintext of the backup. Each runs on a
+//! local folder and on a real S3-compatible server (s3s-fs, started here on loopback; the
+//! test command installs it and exports KEYBAG_S3S_FS).
+
+#[allow(dead_code)]
+#[path = "../../vault/tests/common/s3.rs"]
+mod s3;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,15 +28,15 @@ fn testdata(name: &str) -> PathBuf {
 
 const PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
 
-fn repo(dir: &Path) -> (Arc<dyn Storage>, Repository) {
-    let s: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.join("repo")));
+/// A new repository on `s`.
+fn repo_on(s: Arc<dyn Storage>) -> Repository {
     let argon = Argon2Params {
         m_kib: MIN_MEMORY_KIB,
         t: 1,
         p: 1,
     };
-    let (r, _) = Repository::init(s.clone(), b"vault pw", Some(argon), Params::default()).unwrap();
-    (s, r)
+    let (r, _) = Repository::init(s, b"vault pw", Some(argon), Params::default()).unwrap();
+    r
 }
 
 /// Every regular file under `root`: relative path → bytes.
@@ -65,9 +71,14 @@ fn passkey_creds() -> Credentials {
     }
 }
 
-fn round_trip(backup: &Path, creds: Option<Credentials>, expect_rekeyed: bool) {
+fn round_trip(
+    backup: &Path,
+    creds: Option<Credentials>,
+    expect_rekeyed: bool,
+    s: Arc<dyn Storage>,
+) {
     let t = tempfile::tempdir().unwrap();
-    let (_, r) = repo(t.path());
+    let r = repo_on(s);
     let rep = push(
         &r,
         backup,
@@ -91,9 +102,26 @@ fn round_trip(backup: &Path, creds: Option<Credentials>, expect_rekeyed: bool) {
 
 #[test]
 fn fixtures_come_back_byte_for_byte() {
-    round_trip(&testdata("enc-small-public"), Some(passkey_creds()), true);
-    round_trip(&testdata("enc-small-public"), None, false);
-    round_trip(&testdata("mvt-ios-backup"), None, false);
+    let t = tempfile::tempdir().unwrap();
+    let local = |n: &str| Arc::new(LocalStorage::new(t.path().join(n))) as Arc<dyn Storage>;
+    let enc = testdata("enc-small-public");
+    round_trip(&enc, Some(passkey_creds()), true, local("a"));
+    round_trip(&enc, None, false, local("b"));
+    round_trip(&testdata("mvt-ios-backup"), None, false, local("c"));
+}
+
+#[test]
+fn fixtures_come_back_byte_for_byte_through_s3() {
+    let server = s3::S3Server::start();
+    let enc = testdata("enc-small-public");
+    round_trip(&enc, Some(passkey_creds()), true, server.storage("a"));
+    round_trip(&enc, None, false, server.storage("b/c"));
+    round_trip(
+        &testdata("mvt-ios-backup"),
+        None,
+        false,
+        server.storage("d"),
+    );
 }
 
 /// A device with `n` files of `size` bytes (the same content each time it is made).
@@ -131,6 +159,17 @@ fn device(dir: &Path, n: usize, size: usize) -> device::Device {
 #[test]
 fn a_rekeyed_backup_of_the_same_phone_adds_almost_nothing() {
     let t = tempfile::tempdir().unwrap();
+    rekeyed(Arc::new(LocalStorage::new(t.path().join("repo"))));
+}
+
+#[test]
+fn a_rekeyed_backup_of_the_same_phone_adds_almost_nothing_in_s3() {
+    let server = s3::S3Server::start();
+    rekeyed(server.storage("rekeyed"));
+}
+
+fn rekeyed(s: Arc<dyn Storage>) {
+    let t = tempfile::tempdir().unwrap();
     let dev = device(&t.path().join("phone"), 60, 200_000);
     let opts = device::backup::BackupOptions {
         password: Some(zeroize::Zeroizing::new(b"backup pw".to_vec())),
@@ -153,7 +192,7 @@ fn a_rekeyed_backup_of_the_same_phone_adds_almost_nothing() {
             limits: KdfLimits::default(),
         })
     };
-    let (s, r) = repo(t.path());
+    let r = repo_on(s.clone());
     let first = push(
         &r,
         &b1,
@@ -193,6 +232,21 @@ fn a_rekeyed_backup_of_the_same_phone_adds_almost_nothing() {
 
 #[test]
 fn no_object_holds_a_name_or_content_in_the_clear() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    privacy(Arc::new(LocalStorage::new(&repo)), &repo);
+}
+
+#[test]
+fn no_object_holds_a_name_or_content_in_the_clear_in_s3() {
+    let server = s3::S3Server::start();
+    // The S3 server's own data folder: every object as it is stored on its disk.
+    privacy(server.storage("private"), &server.bucket_dir());
+}
+
+/// Pushes backups full of canaries into `s` and searches every file under `stored` (where
+/// the store keeps its objects) for them.
+fn privacy(s: Arc<dyn Storage>, stored: &Path) {
     let t = tempfile::tempdir().unwrap();
     let mut dev = device::Device::init(
         &t.path().join("phone"),
@@ -252,7 +306,7 @@ fn no_object_holds_a_name_or_content_in_the_clear() {
         },
     )
     .unwrap();
-    let (_, r) = repo(t.path());
+    let r = repo_on(s);
     push(&r, &plain, &PushOptions::default()).unwrap();
     let creds = Credentials {
         secret: Secret::Password(pw()),
@@ -283,7 +337,7 @@ fn no_object_holds_a_name_or_content_in_the_clear() {
     assert!(files(&plain)
         .values()
         .any(|b| b.windows(19).any(|w| w == b"CANARY-FILE-CONTENT")));
-    let objects = files(&t.path().join("repo"));
+    let objects = files(stored);
     assert!(objects.len() > 3);
     for (name, bytes) in &objects {
         for n in needles {

@@ -6,6 +6,9 @@
 //!         domains, passcode set, unlocked) and DIR/target-empty (an unlocked device with
 //!         nothing stored, to restore onto); `scripts/bench-device.sh` then times the
 //!         `keybag device …` commands against `cp -r` with hyperfine.
+//!     cargo run --release -p device --example device_bench -- populate-random DIR
+//!         the same with random (incompressible, all different) contents: the data of
+//!         `scripts/bench-vault.sh`, where compressible files would flatter deduplication.
 //!     cargo run --release -p device --example device_bench -- all DIR
 //!         one quick in-process run of every step (single timings; DIR is removed first).
 //!
@@ -40,12 +43,23 @@ fn init(dir: &Path, name: &str) -> Device {
     d
 }
 
-fn populate(d: &mut Device) {
+fn populate(d: &mut Device, random: bool) {
     let t = Instant::now();
     let mut buf = vec![0u8; SIZE];
     for i in 0..FILES {
-        for (j, b) in buf.iter_mut().enumerate().step_by(97) {
-            *b = (i * 7 + j) as u8;
+        if random {
+            // Incompressible and different in every file (xorshift seeded by the file).
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        } else {
+            for (j, b) in buf.iter_mut().enumerate().step_by(97) {
+                *b = (i * 7 + j) as u8;
+            }
         }
         let opts = PutOptions {
             class: ProtectionClass(1 + (i % 4) as u32),
@@ -71,15 +85,15 @@ fn main() {
     let (mode, root) = match args.as_slice() {
         [m, d] => (m.as_str(), PathBuf::from(d)),
         _ => {
-            eprintln!("usage: device_bench populate|all DIR");
+            eprintln!("usage: device_bench populate|populate-random|all DIR");
             std::process::exit(2);
         }
     };
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let mut d = init(&root.join("phone"), "phone");
-    populate(&mut d);
-    if mode == "populate" {
+    populate(&mut d, mode == "populate-random");
+    if mode.starts_with("populate") {
         drop(init(&root.join("target-empty"), "target"));
         return;
     }
