@@ -74,7 +74,6 @@ export KEYBAG_NEW_REPO_PASSWORD="$KEYBAG_REPO_PASSWORD"
 export KEYBAG_ACCOUNT_PASSWORD="bench account password"
 export KEYBAG_STATE_DIR="$B/client-state"
 export KEYBAG_CONFIG_DIR="$B/client-config"
-secs() { python3 -c 'import sys,time; print(f"{float(sys.argv[1]):.3f}")' "$1"; }
 now() { date +%s.%N; }
 : >"$R/overhead.tsv"
 for round in $(seq "$ROUNDS"); do

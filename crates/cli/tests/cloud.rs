@@ -9,10 +9,9 @@ mod common;
 #[path = "../../vault/tests/common/s3.rs"]
 mod s3;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{enc, mvt, Keybag, Out, PASSKEY, PASSWORD};
+use common::{assert_same_tree, enc, files, mvt, Keybag, Out, PASSKEY, PASSWORD};
 use mobilebackup::writer::{BackupWriter, Content, Encryption, NewRecord, WriterOptions};
 
 const VAULT_PW: &str = "vault password for tests";
@@ -107,38 +106,6 @@ impl Env {
 
     fn pull(&self, snapshot: &str, out: &Path) -> Out {
         self.cloud(&["pull", snapshot, out.to_str().unwrap(), "--json"], &[])
-    }
-}
-
-/// Every regular file under `root`: relative path → bytes.
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                todo.push(e.path());
-            } else if t.is_file() {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    let (fa, fb) = (files(a), files(b));
-    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
-    for (k, v) in &fa {
-        assert!(fb[k] == *v, "{k} differs");
     }
 }
 

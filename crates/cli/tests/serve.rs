@@ -13,12 +13,11 @@ mod pg;
 #[allow(dead_code)]
 mod s3;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{enc, mvt, Keybag, Out, PASSWORD};
+use common::{assert_same_tree, enc, files, mvt, Keybag, Out, PASSWORD};
 
 const VAULT_PW: &str = "vault password for the serve tests";
 
@@ -304,36 +303,6 @@ impl Person {
             "--password-file",
             &self.p("account-pw"),
         ]);
-    }
-}
-
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                todo.push(e.path());
-            } else {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    let (fa, fb) = (files(a), files(b));
-    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
-    for (k, v) in &fa {
-        assert!(fb[k] == *v, "{k} differs");
     }
 }
 

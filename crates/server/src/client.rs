@@ -88,7 +88,7 @@ impl ServerClient {
         let url = self.url(path);
         let r = rb.send().map_err(|e| ClientError::Unreachable {
             url: url.clone(),
-            reason: chain(&e),
+            reason: vault::storage::describe_http_error(&e),
         })?;
         let status = r.status();
         let text = r.text().unwrap_or_default();
@@ -222,18 +222,4 @@ fn decode(v: &Value) -> Result<Vec<u8>, ClientError> {
     b64()
         .decode(v.as_str().unwrap_or_default())
         .map_err(|_| ClientError::Protocol("the server's message is not base64".into()))
-}
-
-fn chain(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
 }

@@ -126,6 +126,39 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Every regular file under `root`: relative path → bytes.
+pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that two folders hold the same files with the same bytes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (fa, fb) = (files(a), files(b));
+    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
+    for (k, v) in &fa {
+        assert!(fb[k] == *v, "{k} differs");
+    }
+}
+
 /// A JSON object of strings as a map (e.g. a reader's `files`: path → sha256).
 pub fn as_map(v: &Value) -> BTreeMap<String, String> {
     v.as_object()

@@ -298,7 +298,7 @@ impl HttpStorage {
 }
 
 /// An error's chain as one line (reqwest hides the TLS cause in its sources).
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {

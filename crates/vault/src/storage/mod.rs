@@ -9,7 +9,10 @@ mod s3;
 
 use std::sync::Arc;
 
-pub use http::{client as http_client, probe_fingerprint, HttpSettings, HttpStorage};
+pub use http::{
+    client as http_client, describe as describe_http_error, probe_fingerprint, HttpSettings,
+    HttpStorage,
+};
 pub use local::LocalStorage;
 pub use s3::{S3Settings, S3Storage};
 
