@@ -40,6 +40,58 @@ pub struct FileMeta {
     pub sha1: [u8; 20],
     /// Its modification time (Unix seconds).
     pub mtime: i64,
+    /// What the file system said of it at push (absent in snapshots of keybag before 0.5,
+    /// and where the platform has no inode): a later push of the same folder reuses this
+    /// node for a file whose identity is unchanged, without reading it.
+    pub stat: Option<FileStat>,
+}
+
+/// A file's identity on the pushing machine, as restic's parent-snapshot check uses it: a
+/// rewrite changes its ctime (which no tool can set back) and a new copy its inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStat {
+    /// Device number of its file system.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Length.
+    pub len: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status-change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl FileStat {
+    /// The identity of an open file (`None` where the platform has no inodes).
+    pub fn of(meta: &std::fs::Metadata) -> Option<FileStat> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+            Some(FileStat {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                len: meta.len(),
+                mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+                ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            None
+        }
+    }
+}
+
+/// [`FileMeta`] as the first keybag cloud snapshots stored it (no `stat`).
+#[derive(serde::Deserialize)]
+struct FileMetaV1 {
+    stored: Stored,
+    len: u64,
+    sha1: [u8; 20],
+    mtime: i64,
 }
 
 impl FileMeta {
@@ -48,10 +100,23 @@ impl FileMeta {
         postcard::to_stdvec(self).expect("serializable")
     }
 
-    /// Decodes a node's metadata.
+    /// Decodes a node's metadata (either layout).
     pub fn decode(name: &str, b: &[u8]) -> Result<FileMeta> {
-        postcard::from_bytes(b)
-            .map_err(|e| Error::Invalid(format!("{name:?}: file metadata does not decode: {e}")))
+        match postcard::from_bytes::<FileMeta>(b) {
+            Ok(m) => Ok(m),
+            Err(e) => match postcard::from_bytes::<FileMetaV1>(b) {
+                Ok(v1) => Ok(FileMeta {
+                    stored: v1.stored,
+                    len: v1.len,
+                    sha1: v1.sha1,
+                    mtime: v1.mtime,
+                    stat: None,
+                }),
+                Err(_) => Err(Error::Invalid(format!(
+                    "{name:?}: file metadata does not decode: {e}"
+                ))),
+            },
+        }
     }
 }
 
@@ -174,10 +239,42 @@ mod tests {
             len: 32,
             sha1: [1; 20],
             mtime: 5,
+            stat: None,
         };
         assert_eq!(FileMeta::decode("x", &m.encode()).unwrap(), m);
+        let with_stat = FileMeta {
+            stat: Some(FileStat {
+                dev: 1,
+                ino: 2,
+                len: 32,
+                mtime_ns: -3,
+                ctime_ns: 1 << 70,
+            }),
+            ..m.clone()
+        };
+        assert_eq!(
+            FileMeta::decode("x", &with_stat.encode()).unwrap(),
+            with_stat
+        );
         assert!(!format!("{m:?}").contains("7, 7"));
         assert!(FileMeta::decode("x", b"\xff\xff").is_err());
+        // The first layout (no stat) still decodes.
+        #[derive(serde::Serialize)]
+        struct V1 {
+            stored: Stored,
+            len: u64,
+            sha1: [u8; 20],
+            mtime: i64,
+        }
+        let v1 = postcard::to_stdvec(&V1 {
+            stored: Stored::Raw,
+            len: 9,
+            sha1: [2; 20],
+            mtime: 7,
+        })
+        .unwrap();
+        let got = FileMeta::decode("x", &v1).unwrap();
+        assert_eq!((got.len, got.mtime, got.stat), (9, 7, None));
         assert!(Annex::decode(b"").is_err());
         let a = Annex {
             version: 1,

@@ -3,7 +3,7 @@
 //! The folder is built in a staging folder beside OUT and renamed into place. Every file is
 //! written to a temp name, checked against the SHA-1 and length recorded at push, and only
 //! then renamed: a file whose chunks are missing or damaged is reported (and left out), never
-//! written wrong; the rest comes back.
+//! written wrong; the rest comes back. The folder is synced to disk once, before the rename.
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -166,7 +166,6 @@ fn write_node(repo: &Repository, root: &Path, node: &Node) -> Result<u64> {
         .inner
         .into_inner()
         .map_err(|e| Error::io(&dest)(e.into_error()))?;
-    tmp.as_file().sync_all().map_err(Error::io(&dest))?;
     let t = filetime::FileTime::from_unix_time(meta.mtime, 0);
     filetime::set_file_handle_times(tmp.as_file(), Some(t), Some(t)).map_err(Error::io(&dest))?;
     tmp.persist(&dest).map_err(|e| Error::io(&dest)(e.error))?;
@@ -206,6 +205,8 @@ pub fn pull(
             }
         })
         .collect();
+    // Durable before it appears under its name; one sync for the folder, not one per file.
+    staging.sync()?;
     let dest = staging.commit()?;
     let mut failed = failed.into_inner().expect("lock");
     failed.sort();

@@ -22,7 +22,7 @@ use sha1::{Digest, Sha1};
 use vault::tree::{Node, Tree};
 use vault::{Id, Repository, SnapshotInfo, Writer};
 
-use crate::model::{Annex, DeviceMeta, FileMeta, Rec, RecKind, Stored};
+use crate::model::{Annex, DeviceMeta, FileMeta, FileStat, Rec, RecKind, Stored};
 use crate::{Error, Result};
 
 /// How to push.
@@ -58,6 +58,9 @@ pub struct PushReport {
     pub rekeyed: u64,
     /// Of which stored as they are.
     pub raw: u64,
+    /// Files taken from the previous snapshot of the phone without being read (their size,
+    /// inode, mtime and ctime unchanged since it).
+    pub unchanged: u64,
     /// Plaintext bytes of chunks the repository did not have.
     pub new_bytes: u64,
     /// Bytes of packs uploaded.
@@ -192,6 +195,11 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
         .or_else(|| unix(backup.manifest().and_then(|m| m.date)))
         .or_else(|| unix(backup.info().and_then(|i| i.last_backup_date)));
 
+    let chain = device
+        .udid
+        .clone()
+        .unwrap_or_else(|| "unknown-device".into());
+    let parent = parent_nodes(repo, &chain, backup.is_encrypted(), unlocked, &mut notes);
     let files = walk(dir, &mut notes)?;
     // The journal beside the state file lets an interrupted push resume even where it may
     // not read back what it stored (a `backup` token on a server).
@@ -203,12 +211,19 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
     });
     let writer = Writer::with_journal(repo, opts.progress, journal)?;
     let notes = Mutex::new(notes);
-    let nodes: Vec<Option<(Node, bool)>> = files
+    let nodes: Vec<Option<Stored1>> = files
         .par_iter()
         .map(|rel| {
             let path = dir.join(rel);
             let note = |m: String| notes.lock().expect("lock").push(m);
-            match store_file(&backup, &writer, &path, rel, unlocked, &by_id) {
+            let ctx = Ctx {
+                backup: &backup,
+                writer: &writer,
+                unlocked,
+                by_id: &by_id,
+                parent: Some(&parent),
+            };
+            match store_file(&ctx, &path, rel) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     note(format!("{rel}: not stored: {e}"));
@@ -227,13 +242,21 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
             break;
         }
         for (rel, slot) in files.iter().zip(nodes.iter_mut()) {
-            let Some((node, _)) = slot else {
+            let Some(Stored1 { node, .. }) = slot else {
                 continue;
             };
             if !node.chunks.iter().any(|c| lost.contains(c)) {
                 continue;
             }
-            *slot = match store_file(&backup, &writer, &dir.join(rel), rel, unlocked, &by_id) {
+            // From its content this time: the parent's chunks are what went missing.
+            let ctx = Ctx {
+                backup: &backup,
+                writer: &writer,
+                unlocked,
+                by_id: &by_id,
+                parent: None,
+            };
+            *slot = match store_file(&ctx, &dir.join(rel), rel) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     notes
@@ -246,14 +269,15 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
         }
     }
     let mut tree = Tree::default();
-    let (mut rekeyed, mut raw) = (0u64, 0u64);
-    for (node, rk) in nodes.into_iter().flatten() {
-        if rk {
+    let (mut rekeyed, mut raw, mut unchanged) = (0u64, 0u64, 0u64);
+    for s in nodes.into_iter().flatten() {
+        if s.rekeyed {
             rekeyed += 1;
         } else {
             raw += 1;
         }
-        tree.nodes.push(node);
+        unchanged += u64::from(s.unchanged);
+        tree.nodes.push(s.node);
     }
     let notes = notes.into_inner().expect("lock");
     let annex = Annex {
@@ -266,10 +290,6 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
         notes: notes.clone(),
     };
     tree.annex = annex.encode();
-    let chain = device
-        .udid
-        .clone()
-        .unwrap_or_else(|| "unknown-device".into());
     let mut tags = BTreeMap::new();
     for (k, v) in [
         ("device_name", &device.name),
@@ -303,10 +323,59 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
         bytes: snap.summary.bytes,
         rekeyed,
         raw,
+        unchanged,
         new_bytes: snap.summary.new_bytes,
         stored_bytes: snap.summary.stored_bytes,
         notes,
     })
+}
+
+/// The nodes of the newest snapshot of `chain` pushed the same way (encrypted or not,
+/// unlocked or not: a node says how its file was stored, and that must be how this push
+/// would store it), by name. Empty when there is none or it does not read (noted: every
+/// file is then read).
+fn parent_nodes(
+    repo: &Repository,
+    chain: &str,
+    encrypted: bool,
+    unlocked: bool,
+    notes: &mut Vec<String>,
+) -> HashMap<String, Node> {
+    let newest = match repo.snapshots_lenient() {
+        Ok((snaps, _)) => snaps.into_iter().rev().find(|(_, s)| s.chain == chain),
+        Err(_) => None,
+    };
+    let Some((id, snap)) = newest else {
+        return HashMap::new();
+    };
+    let tree = match repo.tree(&snap) {
+        Ok(t) => t,
+        Err(e) => {
+            notes.push(format!(
+                "the previous snapshot {} does not read ({e}): every file read again",
+                id.short()
+            ));
+            return HashMap::new();
+        }
+    };
+    match Annex::decode(&tree.annex) {
+        Ok(a) if a.encrypted == encrypted && a.unlocked == unlocked => tree
+            .nodes
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+/// What storing one file needs.
+struct Ctx<'a, 'w> {
+    backup: &'a Backup,
+    writer: &'a Writer<'w>,
+    unlocked: bool,
+    by_id: &'a HashMap<&'a str, &'a mobilebackup::Record>,
+    /// The previous snapshot's nodes, when a file unchanged since may be taken from it.
+    parent: Option<&'a HashMap<String, Node>>,
 }
 
 /// The key of a file that can be stored re-keyable, if it can.
@@ -333,19 +402,48 @@ fn rekey_key(
     keys.unwrap_persistent(wrapped).ok()
 }
 
-/// Stores one file; returns its node and whether it is re-keyable.
-fn store_file(
-    backup: &Backup,
-    writer: &Writer<'_>,
-    path: &Path,
-    rel: &str,
-    unlocked: bool,
-    by_id: &HashMap<&str, &mobilebackup::Record>,
-) -> Result<(Node, bool)> {
+/// One file as stored.
+struct Stored1 {
+    node: Node,
+    /// Stored as plaintext with its key.
+    rekeyed: bool,
+    /// Taken from the previous snapshot, unread.
+    unchanged: bool,
+}
+
+/// Stores one file; returns its node and how. A file whose identity
+/// (device, inode, length, mtime and ctime) is the one recorded in the previous snapshot is
+/// not read: its node is taken as it was, as restic does with its parent snapshot.
+fn store_file(ctx: &Ctx<'_, '_>, path: &Path, rel: &str) -> Result<Stored1> {
+    let Ctx {
+        backup,
+        writer,
+        unlocked,
+        by_id,
+        parent,
+    } = *ctx;
+    // One lstat decides whether an unchanged file is taken as it was (a symlink, or
+    // anything not a regular file, never matches, and is refused by open_regular below).
+    if let Some(prev) = parent.and_then(|p| p.get(rel)) {
+        let now = std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .and_then(|m| FileStat::of(&m));
+        if let (Some(st), Ok(pm)) = (now, FileMeta::decode(rel, &prev.meta)) {
+            if pm.stat == Some(st) && pm.len == st.len && writer.reuse(&prev.chunks, prev.size) {
+                return Ok(Stored1 {
+                    node: prev.clone(),
+                    rekeyed: matches!(pm.stored, Stored::Rekey { .. }),
+                    unchanged: true,
+                });
+            }
+        }
+    }
     let file = open_regular(path)?;
     let meta = file.metadata().map_err(Error::io(path))?;
     let mtime = filetime::FileTime::from_last_modification_time(&meta).unix_seconds();
     let len = meta.len();
+    let stat = FileStat::of(&meta);
     drop(file);
     if let Some(key) = rekey_key(backup, rel, unlocked, by_id) {
         // Only a blob that re-encrypts to the very same bytes: whole blocks, valid padding.
@@ -365,11 +463,16 @@ fn store_file(
                             len,
                             sha1,
                             mtime,
+                            stat,
                         }
                         .encode(),
                         chunks,
                     };
-                    return Ok((node, true));
+                    return Ok(Stored1 {
+                        node,
+                        rekeyed: true,
+                        unchanged: false,
+                    });
                 }
             }
         }
@@ -388,9 +491,14 @@ fn store_file(
             len: r.len,
             sha1: r.sha1.finalize().into(),
             mtime,
+            stat,
         }
         .encode(),
         chunks,
     };
-    Ok((node, false))
+    Ok(Stored1 {
+        node,
+        rekeyed: false,
+        unchanged: false,
+    })
 }

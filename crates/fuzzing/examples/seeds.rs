@@ -333,7 +333,7 @@ fn moded(mode: u8, bytes: &[u8]) -> Vec<u8> {
 /// Vault objects made by the vault's own writers under the fixed keyring, the plaintexts
 /// inside them, cloud's snapshot metadata, and a real repository's key files and config.
 fn vault_seeds(out: &mut Out) {
-    use cloud::model::{Annex, DeviceMeta, FileMeta, Rec, RecKind, Stored};
+    use cloud::model::{Annex, DeviceMeta, FileMeta, FileStat, Rec, RecKind, Stored};
     use keybag_fuzzing::vault_fixture;
     use vault::index::{IndexFile, IndexedPack};
     use vault::keys::{Argon2Params, KeyFile, Params, Secret};
@@ -438,12 +438,20 @@ fn vault_seeds(out: &mut Out) {
             len: 3,
             sha1: [1; 20],
             mtime: 1_700_000_000,
+            stat: None,
         },
         FileMeta {
             stored: Stored::Rekey { key: [2; 32] },
             len: 300,
             sha1: [3; 20],
             mtime: -1,
+            stat: Some(FileStat {
+                dev: 1,
+                ino: 2,
+                len: 300,
+                mtime_ns: -1,
+                ctime_ns: 5,
+            }),
         },
     ];
     let rec = |path: &str, kind: RecKind, target: Option<&str>| Rec {

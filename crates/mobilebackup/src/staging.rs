@@ -127,6 +127,14 @@ impl Staging {
         Ok(())
     }
 
+    /// Makes everything written into the staging folder durable before it is renamed into
+    /// place: one `syncfs` of its file system (Linux) instead of an fsync per file, which
+    /// costs a journal commit each (10,000 files: seconds); elsewhere an fsync of every
+    /// file under it.
+    pub fn sync(&self) -> Result<()> {
+        sync_tree(self.path())
+    }
+
     /// Leaves the staging folder in place and hands it to the caller (for tests).
     pub fn keep(mut self) -> PathBuf {
         match self.dir.take().expect("present until commit") {
@@ -173,6 +181,28 @@ impl Staging {
         }
         Ok(self.dest.clone())
     }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn sync_tree(dir: &Path) -> Result<()> {
+    let f = std::fs::File::open(dir).map_err(Error::io(dir))?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io(dir)(e.into()))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn sync_tree(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let e = e.map_err(Error::io(dir))?;
+        let t = e.file_type().map_err(Error::io(e.path()))?;
+        if t.is_dir() {
+            sync_tree(&e.path())?;
+        } else if t.is_file() {
+            std::fs::File::open(e.path())
+                .and_then(|f| f.sync_all())
+                .map_err(Error::io(e.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Tag of [`Staging::new`]'s folder: a new backup being written.

@@ -18,6 +18,7 @@
 //! * [`check::check`], [`forget::forget`], [`prune::prune`] maintain it.
 
 pub mod check;
+pub mod chunker;
 pub mod crypto;
 mod error;
 pub mod forget;
@@ -31,6 +32,7 @@ mod repo;
 pub mod snapshot;
 pub mod storage;
 pub mod tree;
+mod upload;
 mod writer;
 
 pub use error::{Error, Result};

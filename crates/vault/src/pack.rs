@@ -94,7 +94,18 @@ pub struct PackWriter {
 impl PackWriter {
     /// An empty pack for the keys of `epoch`.
     pub fn new(epoch: u32) -> PackWriter {
-        let mut buf = Vec::with_capacity(1 << 20);
+        PackWriter::with_capacity(epoch, 1 << 20)
+    }
+
+    /// [`PackWriter::new`] with room for `bytes` (a pack filled to its target size is not
+    /// copied as it grows; untouched room costs address space, not memory).
+    pub fn with_capacity(epoch: u32, bytes: usize) -> PackWriter {
+        PackWriter::with_buffer(epoch, Vec::with_capacity(bytes))
+    }
+
+    /// [`PackWriter::new`] in a buffer that held an earlier pack (cleared here).
+    pub fn with_buffer(epoch: u32, mut buf: Vec<u8>) -> PackWriter {
+        buf.clear();
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
         buf.extend_from_slice(&epoch.to_le_bytes());

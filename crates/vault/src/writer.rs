@@ -1,11 +1,13 @@
 //! A push: content is cut by a keyed content-defined chunker (FastCDC 2020, its gear table
 //! XOR-ed with the epoch's secret seed), each chunk named by its keyed BLAKE3 hash, and only
 //! chunks the repository does not hold are compressed, padded, sealed and packed. Files may be
-//! added from many threads at once; a full pack is uploaded by the thread that filled it.
+//! added from many threads at once; a full pack is sealed by the thread that filled it and
+//! stored by the upload thread.
 //!
 //! Write order: packs, then one index object for them, then the snapshot. A push killed at
 //! any point leaves complete packs that no index lists; the next push finds them and indexes
-//! them, so nothing already uploaded is uploaded again. It learns what such a pack holds from
+//! them, so nothing already uploaded is uploaded again. Packs are stored by a thread of
+//! their own ([`crate::upload`]) while chunking goes on. It learns what such a pack holds from
 //! the client's journal (one sealed index entry written locally after each pack is stored)
 //! or, without one, by reading the pack's sealed header. The journal is what lets a device
 //! whose token may not read data back (an append-only `backup` token) resume.
@@ -23,9 +25,9 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use fastcdc::v2020::{Normalization, StreamCDC};
 use rayon::prelude::*;
 
+use crate::chunker::Chunker;
 use crate::crypto::EpochKey;
 use crate::id::Id;
 use crate::index::{IndexFile, IndexedPack};
@@ -35,6 +37,7 @@ use crate::repo::Repository;
 use crate::snapshot::{ChainState, Snapshot, Summary};
 use crate::storage::{Kind, Storage};
 use crate::tree::Tree;
+use crate::upload::{SealedPack, Uploader};
 use crate::{Error, Result};
 
 /// What a push adds on top of the tree.
@@ -63,10 +66,10 @@ pub struct Writer<'r> {
     reused: Mutex<HashSet<Id>>,
     /// Chunks to store even though the index lists them (their packs vanished).
     force: Mutex<HashSet<Id>>,
-    uploaded: Mutex<Vec<IndexedPack>>,
+    uploader: Uploader,
+    chunker: Chunker,
     new_blobs: AtomicU64,
     new_bytes: AtomicU64,
-    stored_bytes: AtomicU64,
     progress: Option<&'r (dyn Fn(u64) + Sync)>,
     journal: Option<Arc<dyn Storage>>,
 }
@@ -99,6 +102,13 @@ impl<'r> Writer<'r> {
         repo.load_index()?;
         recover_unindexed_with(repo, journal.as_deref())?;
         let key = repo.keyring().current().clone();
+        let p = repo.params();
+        let chunker = Chunker::new(
+            p.chunk_min as usize,
+            p.chunk_avg as usize,
+            p.chunk_max as usize,
+            key.chunker_seed,
+        );
         Ok(Writer {
             repo,
             packer: Mutex::new(PackWriter::new(key.epoch)),
@@ -107,10 +117,10 @@ impl<'r> Writer<'r> {
             marked: RwLock::new(repo.marked()),
             reused: Mutex::new(HashSet::new()),
             force: Mutex::new(HashSet::new()),
-            uploaded: Mutex::new(Vec::new()),
+            uploader: Uploader::start(repo.storage_arc(), journal.clone(), repo.keyring().clone()),
+            chunker,
             new_blobs: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
-            stored_bytes: AtomicU64::new(0),
             progress,
             journal,
         })
@@ -145,23 +155,44 @@ impl<'r> Writer<'r> {
         Ok(id)
     }
 
+    /// Takes the chunks of an unchanged file from an earlier snapshot without reading the
+    /// file: true when the repository holds every one of them in a pack not marked for
+    /// deletion (they are then checked again before the snapshot, like every chunk found in
+    /// the repository); false, and nothing recorded, when one is missing: the caller stores
+    /// the file from its content instead. `bytes` (the file's size) goes to the progress.
+    pub fn reuse(&self, chunks: &[Id], bytes: u64) -> bool {
+        {
+            let force = self.force.lock().expect("lock");
+            if chunks.iter().any(|c| force.contains(c) || !self.known(c)) {
+                return false;
+            }
+        }
+        self.reused
+            .lock()
+            .expect("lock")
+            .extend(chunks.iter().copied());
+        if let Some(p) = self.progress {
+            p(bytes);
+        }
+        true
+    }
+
     /// Seals and packs one chunk (uploading the pack when full).
     fn store(&self, id: Id, kind: BlobKind, data: &[u8]) -> Result<()> {
         let sealed = seal_blob(&self.key, &id, kind, data);
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let full = {
-            let mut p = self.packer.lock().expect("lock");
-            p.push(id, kind, data.len() as u32, &sealed);
-            if p.len() >= self.repo.params().pack_target as usize {
-                Some(std::mem::replace(&mut *p, PackWriter::new(self.key.epoch)))
-            } else {
-                None
-            }
-        };
-        if let Some(pack) = full {
-            self.upload(pack)?;
+        let mut p = self.packer.lock().expect("lock");
+        p.push(id, kind, data.len() as u32, &sealed);
+        if p.len() >= self.repo.params().pack_target as usize {
+            // Handed over under the lock, and the next pack started only once the upload
+            // thread took it (it then is done with the one before, whose buffer the next
+            // pack reuses): two packs in memory, one filling and one being stored. Other
+            // threads wait meanwhile; storing a pack is faster than filling one.
+            let full = std::mem::replace(&mut *p, PackWriter::with_capacity(self.key.epoch, 0));
+            self.upload(full)?;
+            *p = self.new_pack();
         }
         Ok(())
     }
@@ -237,59 +268,39 @@ impl<'r> Writer<'r> {
         self.check_ids(&reused)
     }
 
+    /// An empty pack with room for a full one (its target size, one largest chunk past it,
+    /// and its header), in the buffer of a stored pack when there is one.
+    fn new_pack(&self) -> PackWriter {
+        let p = self.repo.params();
+        let room = p.pack_target as usize + p.chunk_max as usize + (256 << 10);
+        PackWriter::with_buffer(self.key.epoch, self.uploader.buffer(room))
+    }
+
+    /// Seals a full pack and hands it to the upload thread.
     fn upload(&self, pack: PackWriter) -> Result<()> {
         if pack.is_empty() {
             return Ok(());
         }
         let (name, bytes, blobs) = pack.finish(&self.key);
-        self.repo
-            .storage()
-            .put(Kind::Data, &name.to_hex(), &bytes)?;
-        self.stored_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let entry = IndexedPack {
-            pack: name,
+        self.uploader.send(SealedPack {
+            name,
             epoch: self.key.epoch,
-            size: bytes.len() as u64,
+            bytes,
             blobs,
-        };
-        if let Some(j) = &self.journal {
-            // Best effort: without the entry a resumed push reads the header, or stores the
-            // pack's chunks again; never wrong, only slower.
-            let _ = IndexFile {
-                supersedes: Vec::new(),
-                packs: vec![entry.clone()],
-            }
-            .store(j.as_ref(), self.repo.keyring());
-        }
-        self.uploaded.lock().expect("lock").push(entry);
-        Ok(())
+        })
     }
 
     /// Chunks and stores everything `r` yields; returns the chunk list and the byte count.
     pub fn add_reader(&self, r: &mut dyn Read) -> Result<(Vec<Id>, u64)> {
-        let p = self.repo.params();
-        let cdc = StreamCDC::with_level_and_seed(
-            r,
-            p.chunk_min as usize,
-            p.chunk_avg as usize,
-            p.chunk_max as usize,
-            Normalization::Level1,
-            self.key.chunker_seed,
-        );
         let mut chunks = Vec::new();
-        let mut size = 0u64;
-        for c in cdc {
-            let c = c.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(io) => Error::io("push source")(io),
-                other => Error::Io {
-                    path: "push source".into(),
-                    source: std::io::Error::other(other.to_string()),
-                },
-            })?;
-            size += c.length as u64;
-            chunks.push(self.add_chunk(BlobKind::Data, &c.data)?);
-        }
+        let size = self.chunker.chunk(
+            r,
+            |c| {
+                chunks.push(self.add_chunk(BlobKind::Data, c)?);
+                Ok(())
+            },
+            Error::io("push source"),
+        )?;
         Ok((chunks, size))
     }
 
@@ -305,24 +316,17 @@ impl<'r> Writer<'r> {
         // The tree, cut like content, so an unchanged part is stored once.
         let bytes = tree.to_bytes();
         let mut tree_chunks: HashMap<Id, Vec<u8>> = HashMap::new();
-        let tree_ids = {
-            let p = self.repo.params();
-            let mut ids = Vec::new();
-            for c in StreamCDC::with_level_and_seed(
-                &bytes[..],
-                p.chunk_min as usize,
-                p.chunk_avg as usize,
-                p.chunk_max as usize,
-                Normalization::Level1,
-                self.key.chunker_seed,
-            ) {
-                let c = c.map_err(|e| Error::Invalid(format!("tree chunking: {e}")))?;
-                let id = self.add_chunk(BlobKind::Tree, &c.data)?;
-                tree_chunks.insert(id, c.data);
-                ids.push(id);
-            }
-            ids
-        };
+        let mut tree_ids = Vec::new();
+        self.chunker.chunk(
+            &mut &bytes[..],
+            |c| {
+                let id = self.add_chunk(BlobKind::Tree, c)?;
+                tree_chunks.insert(id, c.to_vec());
+                tree_ids.push(id);
+                Ok(())
+            },
+            Error::io("tree"),
+        )?;
         // Parent: the newest snapshot of the chain now in the repository. The client state
         // is read before the listing: a push of this client finishing in between has saved
         // its snapshot in the state only after storing it, so the listing shows it (the other
@@ -350,7 +354,8 @@ impl<'r> Writer<'r> {
                 PackWriter::new(self.key.epoch),
             );
             self.upload(last)?;
-            let packs = std::mem::take(&mut *self.uploaded.lock().expect("lock"));
+            self.uploader.flush()?;
+            let packs = self.uploader.take_uploaded();
             if packs.is_empty() && rounds > 0 {
                 break;
             }
@@ -413,7 +418,7 @@ impl<'r> Writer<'r> {
                 bytes: tree.nodes.iter().map(|n| n.size).sum(),
                 new_blobs: self.new_blobs.load(Ordering::Relaxed),
                 new_bytes: self.new_bytes.load(Ordering::Relaxed),
-                stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
+                stored_bytes: self.uploader.stored_bytes(),
             },
         };
         let id = snapshot.store(self.repo.storage(), self.repo.keyring())?;

@@ -171,6 +171,12 @@ pub fn push(cmd: &PushCmd) -> Result<u8> {
         thousands(report.rekeyed),
         thousands(report.raw)
     );
+    if report.unchanged > 0 {
+        println!(
+            "  {} unchanged since the previous snapshot (not read again)",
+            thousands(report.unchanged)
+        );
+    }
     println!(
         "  new: {} of content, {} uploaded (compressed, encrypted)",
         human_bytes(report.new_bytes),
