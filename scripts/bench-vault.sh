@@ -16,7 +16,8 @@
 #   pull             keybag cloud pull vs restic restore, of bk1's snapshot
 #   cat              one file: keybag cloud cat vs restic dump
 #   S3 first push    both into a fresh s3s-fs on loopback
-# Each step runs KEYBAG_BENCH_RUNS (1) times per tool, alternating, each into what the step
+# Each step runs KEYBAG_BENCH_RUNS (1) times per tool, keybag first in odd rounds and restic
+# first in even ones, each after reading its input once (warm), each into what the step
 # needs (a new repository for the first push); times and peak RSS are from /usr/bin/time.
 # Needs Debian's restic (0.14) and s3s-fs (scripts/test.sh installs it). Passwords travel
 # through environment variables only.
@@ -86,13 +87,32 @@ export RESTIC_CACHE_DIR="$O/restic-cache"
 run() {
     local step="$1" tool="$2"
     shift 2
+    # Dirty pages of the previous step (a deleted or freshly written repository) are written
+    # back before the clock starts: without the pause, whichever tool ran first paid for them.
     sync
+    sleep 3
     /usr/bin/time -f '%e %M' -o "$O/time" "$@" >"$O/stdout" 2>"$O/stderr" || {
         echo "bench-vault.sh: $tool $step failed:" >&2; cat "$O/stderr" >&2; exit 1; }
     read -r secs rss <"$O/time"
     printf '%s\t%s\t%s\t%s\n' "$step" "$tool" "$secs" "$rss" | tee -a "$R/times.tsv"
 }
 size() { du -sb "$1" | cut -f1; }
+# warm DIR: reads every file of DIR once, so that the tool timed next finds its input in the
+# page cache as far as memory allows (this VM's memory cgroup keeps about 2.4 GB of cache:
+# without it the tool that ran first read from disk and the second from cache).
+warm() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
+# pair STEP KEYBAG_INPUT RESTIC_INPUT: times the commands in the arrays KBCMD and RSCMD, each
+# after warming its input, keybag first in odd rounds and restic first in even ones.
+pair() {
+    local step="$1" wk="$2" wr="$3"
+    if [ $((k % 2)) -eq 1 ]; then
+        warm "$wk"; run "$step" keybag "${KBCMD[@]}"
+        warm "$wr"; run "$step" restic "${RSCMD[@]}"
+    else
+        warm "$wr"; run "$step" restic "${RSCMD[@]}"
+        warm "$wk"; run "$step" keybag "${KBCMD[@]}"
+    fi
+}
 # The blob of one file of the device (domain-relativePath, SHA-1): for cat / dump.
 DOMAIN="AppDomain-com.example.app7"
 RPATH="Documents/d7/f7.bin"
@@ -103,20 +123,22 @@ for k in $(seq "$RUNS"); do
     rm -rf "$O/kb" "$O/rs" "$O/state" "$O/restic-cache"
     "$KB" cloud init "$O/kb" --kdf-iterations 1 >/dev/null
     restic init --repo "$O/rs" >/dev/null
-    run first keybag "$KB" cloud push "$D/bk1" --repo "$O/kb"
-    run first restic restic backup --repo "$O/rs" "$D/bk1"
+    KBCMD=("$KB" cloud push "$D/bk1" --repo "$O/kb")
+    RSCMD=(restic backup --repo "$O/rs" "$D/bk1")
+    pair first "$D/bk1" "$D/bk1"
     printf 'first-bytes\tkeybag\t%s\nfirst-bytes\trestic\t%s\n' "$(size "$O/kb")" "$(size "$O/rs")" | tee -a "$R/times.tsv"
 
     log "round $k/$RUNS: re-push of the unchanged backup"
-    run repush keybag "$KB" cloud push "$D/bk1" --repo "$O/kb" --derived-key-file "$D/bk1.key"
-    run repush restic restic backup --repo "$O/rs" "$D/bk1"
-    run repush-password keybag "$KB" cloud push "$D/bk1" --repo "$O/kb"
-    run repush-password restic restic backup --repo "$O/rs" "$D/bk1"
+    KBCMD=("$KB" cloud push "$D/bk1" --repo "$O/kb" --derived-key-file "$D/bk1.key")
+    pair repush "$D/bk1" "$D/bk1"
+    KBCMD=("$KB" cloud push "$D/bk1" --repo "$O/kb")
+    pair repush-password "$D/bk1" "$D/bk1"
 
     log "round $k/$RUNS: re-keyed full backup (bk2)"
     kb0="$(size "$O/kb")" rs0="$(size "$O/rs")"
-    run rekeyed keybag "$KB" cloud push "$D/bk2" --repo "$O/kb"
-    run rekeyed restic restic backup --repo "$O/rs" "$D/bk2"
+    KBCMD=("$KB" cloud push "$D/bk2" --repo "$O/kb")
+    RSCMD=(restic backup --repo "$O/rs" "$D/bk2")
+    pair rekeyed "$D/bk2" "$D/bk2"
     printf 'rekeyed-added\tkeybag\t%s\nrekeyed-added\trestic\t%s\n' \
         "$(($(size "$O/kb") - kb0))" "$(($(size "$O/rs") - rs0))" | tee -a "$R/times.tsv"
 
@@ -124,14 +146,16 @@ for k in $(seq "$RUNS"); do
     kbsnap="$("$KB" cloud snapshots --repo "$O/kb" --json | python3 -c 'import json,sys; print(sorted(json.load(sys.stdin), key=lambda x: x["snapshot"]["time_ms"])[0]["id"])')"
     rssnap="$(restic snapshots --repo "$O/rs" --json | python3 -c 'import json,sys; print(sorted(json.load(sys.stdin), key=lambda x: x["time"])[0]["id"])')"
     rm -rf "$O/pull" "$O/restore"
-    run pull keybag "$KB" cloud pull "$kbsnap" "$O/pull" --repo "$O/kb"
-    run pull restic restic restore --repo "$O/rs" "$rssnap" --target "$O/restore"
+    KBCMD=("$KB" cloud pull "$kbsnap" "$O/pull" --repo "$O/kb")
+    RSCMD=(restic restore --repo "$O/rs" "$rssnap" --target "$O/restore")
+    pair pull "$O/kb" "$O/rs"
     cmp -s "$O/pull/Manifest.db" "$D/bk1/Manifest.db" || { echo "bench-vault.sh: pulled Manifest.db differs" >&2; exit 1; }
     rm -rf "$O/pull" "$O/restore"
 
     log "round $k/$RUNS: one file (cat / dump)"
-    run cat keybag "$KB" cloud cat "$kbsnap" "$DOMAIN" "$RPATH" --repo "$O/kb"
-    run cat restic restic dump --repo "$O/rs" "$rssnap" "$D/bk1/${FID:0:2}/$FID"
+    KBCMD=("$KB" cloud cat "$kbsnap" "$DOMAIN" "$RPATH" --repo "$O/kb")
+    RSCMD=(restic dump --repo "$O/rs" "$rssnap" "$D/bk1/${FID:0:2}/$FID")
+    pair cat "$O/kb/config" "$O/rs/config"
 
     log "round $k/$RUNS: first push into S3 (s3s-fs on loopback)"
     rm -rf "$O/s3data" && mkdir -p "$O/s3data/bench"
@@ -143,9 +167,10 @@ for k in $(seq "$RUNS"); do
     for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
     rm -rf "$O/state"
     AWS_ENDPOINT_URL="http://127.0.0.1:$port" "$KB" cloud init s3://bench/kb --kdf-iterations 1 >/dev/null
-    AWS_ENDPOINT_URL="http://127.0.0.1:$port" run s3-first keybag "$KB" cloud push "$D/bk1" --repo s3://bench/kb
     restic init --repo "s3:http://127.0.0.1:$port/bench/rs" >/dev/null
-    run s3-first restic restic backup --repo "s3:http://127.0.0.1:$port/bench/rs" "$D/bk1"
+    KBCMD=(env AWS_ENDPOINT_URL="http://127.0.0.1:$port" "$KB" cloud push "$D/bk1" --repo s3://bench/kb)
+    RSCMD=(restic backup --repo "s3:http://127.0.0.1:$port/bench/rs" "$D/bk1")
+    pair s3-first "$D/bk1" "$D/bk1"
     kill "$s3pid"; wait "$s3pid" 2>/dev/null || true
     unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 done

@@ -150,12 +150,20 @@ fn unix(t: Option<std::time::SystemTime>) -> Option<i64> {
         .map(|d| d.as_secs() as i64)
 }
 
-/// Pushes the backup folder `dir` into `repo` as one snapshot.
-pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<PushReport> {
+/// A backup folder opened for a push (and unlocked, given credentials), with what was noted
+/// on the way. Opening runs the backup's KDF (10 million PBKDF2 rounds for a real one): a
+/// caller may do it on a thread of its own while it opens the repository.
+pub struct Opened {
+    backup: Backup,
+    notes: Vec<String>,
+}
+
+/// Opens the backup folder `dir` and unlocks it with `credentials` if it is encrypted.
+pub fn open_backup(dir: &Path, credentials: Option<&Credentials>) -> Result<Opened> {
     let mut backup = Backup::open(dir)?;
     let mut notes = Vec::new();
     if backup.is_encrypted() {
-        if let Some(c) = &opts.credentials {
+        if let Some(c) = credentials {
             backup.unlock(c)?;
         } else {
             notes.push(
@@ -165,6 +173,23 @@ pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<Pus
             );
         }
     }
+    Ok(Opened { backup, notes })
+}
+
+/// Pushes the backup folder `dir` into `repo` as one snapshot.
+pub fn push(repo: &Repository, dir: &Path, opts: &PushOptions<'_>) -> Result<PushReport> {
+    let opened = open_backup(dir, opts.credentials.as_ref())?;
+    push_opened(repo, dir, opened, opts)
+}
+
+/// [`push`] of a backup opened by [`open_backup`] (`opts.credentials` is not used again).
+pub fn push_opened(
+    repo: &Repository,
+    dir: &Path,
+    opened: Opened,
+    opts: &PushOptions<'_>,
+) -> Result<PushReport> {
+    let Opened { backup, mut notes } = opened;
     let unlocked = backup.is_encrypted() && backup.keys().is_some();
     let catalog = match backup.catalog() {
         Ok(c) => Some(c),

@@ -134,19 +134,32 @@ fn folder_bytes(dir: &Path) -> u64 {
 /// Runs `cloud push`.
 pub fn push(cmd: &PushCmd) -> Result<u8> {
     let creds = backup_credentials(cmd)?;
-    let r = repo::open(&cmd.repo)?;
-    // A store that rolled back is refused before anything is written.
-    repo::snapshots(&cmd.repo, &r)?;
-    let bar = Bytes::new(Some(folder_bytes(&cmd.backup)), "pushing");
+    // The backup's KDF (10 million PBKDF2 rounds) runs on a thread of its own while the
+    // repository is opened (its own KDF) and checked.
+    let (opened, r, total) = std::thread::scope(|s| {
+        let opening = s.spawn(|| cloud::push::open_backup(&cmd.backup, creds.as_ref()));
+        let r = repo::open(&cmd.repo).and_then(|r| {
+            // A store that rolled back is refused before anything is written.
+            repo::snapshots(&cmd.repo, &r)?;
+            Ok(r)
+        });
+        let total = folder_bytes(&cmd.backup);
+        let opened = opening.join().expect("the opening thread does not panic");
+        (opened, r, total)
+    });
+    let r = r?;
+    let opened = opened?;
+    let bar = Bytes::new(Some(total), "pushing");
     let progress = |n: u64| bar.add(n);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let report = cloud::push::push(
+    let report = cloud::push::push_opened(
         &r,
         &cmd.backup,
+        opened,
         &PushOptions {
-            credentials: creds,
+            credentials: None,
             host,
             state: Some(repo::state_file(&cmd.repo, &r)),
             progress: Some(&progress),
