@@ -100,6 +100,9 @@ impl Storage for Timed {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn concurrent_puts(&self) -> usize {
+        self.inner.concurrent_puts()
+    }
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> vault::Result<()> {
         self.time("put", || self.inner.put(kind, name, data))
     }

@@ -1,18 +1,20 @@
-//! The upload thread of a push: full packs are handed to it and stored one after the other
-//! while the chunking threads go on. Storing a pack waits on the disk (an fsync) or the
-//! network, and a chunking thread that did it itself left a core idle for that long.
+//! The upload threads of a push: full packs are handed to them and stored while the
+//! chunking threads go on. Storing a pack waits on the disk (an fsync) or the network, and a
+//! chunking thread that did it itself left a core idle for that long.
 //!
-//! At most one pack waits in the queue besides the one being stored, so memory stays at a
-//! few packs whatever the data; their buffers come back for the next packs (a fresh 16 MiB
-//! buffer per pack costs page faults, and glibc keeps freed ones around in per-thread
-//! arenas: the push's peak RSS went from 90 to 165 MiB without this). After each stored pack the thread writes its index entry
+//! One thread for a local folder, as many as the storage asks for otherwise
+//! ([`Storage::concurrent_puts`]: two for a server, so that the next pack travels while the
+//! server writes the one before). A pack is handed over only to an idle thread, so memory
+//! stays at a few packs whatever the data; their buffers come back for the next packs (a
+//! fresh 16 MiB buffer per pack costs page faults, and glibc keeps freed ones around in
+//! per-thread arenas: the push's peak RSS went from 90 to 165 MiB without this). After each stored pack the thread writes its index entry
 //! to the client's journal (if any) and adds it to the push's list, in that order, as the
 //! push did before. The first failure is kept; every later call reports it and the push
 //! fails: a pack that did not reach the store must never be named by a snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::id::Id;
@@ -30,56 +32,71 @@ pub(crate) struct SealedPack {
     pub blobs: Vec<Entry>,
 }
 
-enum Msg {
-    Pack(SealedPack),
-    /// Answered once everything sent before it is stored (or failed).
-    Flush(SyncSender<()>),
-}
-
-/// Pack buffers kept for reuse.
-const POOL: usize = 2;
+/// Pack buffers kept for reuse, beyond one per thread.
+const POOL: usize = 1;
 
 /// What the thread shares with the push.
 struct Shared {
     /// Buffers of stored packs, for the next ones.
     pool: Mutex<Vec<Vec<u8>>>,
+    /// How many buffers the pool keeps.
+    pool_max: usize,
     uploaded: Mutex<Vec<IndexedPack>>,
     stored_bytes: AtomicU64,
+    /// Packs handed over and not yet stored (or failed), with its condition.
+    pending: Mutex<usize>,
+    idle: Condvar,
     /// The first failure, as text (errors are not `Clone`; the first caller gets it whole).
     failed: Mutex<Option<Error>>,
     failed_text: Mutex<Option<String>>,
 }
 
-/// The upload thread and its queue.
+/// The upload threads and their queue.
 pub(crate) struct Uploader {
-    tx: Option<SyncSender<Msg>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<SyncSender<SealedPack>>,
+    threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
 impl Uploader {
-    /// Starts the thread.
+    /// Starts the threads (as many as `storage` asks for, 1 to 4).
     pub fn start(
         storage: Arc<dyn Storage>,
         journal: Option<Arc<dyn Storage>>,
         keyring: Keyring,
     ) -> Uploader {
+        let n = storage.concurrent_puts().clamp(1, 4);
         let shared = Arc::new(Shared {
             pool: Mutex::new(Vec::new()),
+            pool_max: POOL + n,
             uploaded: Mutex::new(Vec::new()),
             stored_bytes: AtomicU64::new(0),
+            pending: Mutex::new(0),
+            idle: Condvar::new(),
             failed: Mutex::new(None),
             failed_text: Mutex::new(None),
         });
-        let (tx, rx) = sync_channel::<Msg>(0);
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("vault-upload".into())
-            .spawn(move || run(rx, storage.as_ref(), journal.as_deref(), &keyring, &s))
-            .expect("spawn the upload thread");
+        // A rendezvous channel: a pack is handed over only when a thread is free to take it.
+        let (tx, rx) = sync_channel::<SealedPack>(0);
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..n)
+            .map(|_| {
+                let (s, rx, st, j, k) = (
+                    shared.clone(),
+                    rx.clone(),
+                    storage.clone(),
+                    journal.clone(),
+                    keyring.clone(),
+                );
+                std::thread::Builder::new()
+                    .name("vault-upload".into())
+                    .spawn(move || run(&rx, st.as_ref(), j.as_deref(), &k, &s))
+                    .expect("spawn an upload thread")
+            })
+            .collect();
         Uploader {
             tx: Some(tx),
-            thread: Some(thread),
+            threads,
             shared,
         }
     }
@@ -95,24 +112,26 @@ impl Uploader {
         }
     }
 
-    /// Queues a pack (waits while the queue is full).
+    /// Hands a pack to an upload thread (waits until one is free).
     pub fn send(&self, pack: SealedPack) -> Result<()> {
         self.check()?;
         let tx = self.tx.as_ref().expect("open until drop");
-        if tx.send(Msg::Pack(pack)).is_err() {
+        *self.shared.pending.lock().expect("lock") += 1;
+        if tx.send(pack).is_err() {
+            done(&self.shared);
             self.check()?;
-            return Err(Error::Invalid("the upload thread stopped".into()));
+            return Err(Error::Invalid("the upload threads stopped".into()));
         }
         Ok(())
     }
 
-    /// Waits until everything queued is stored; the first failure if one was not.
+    /// Waits until every pack handed over is stored; the first failure if one was not.
     pub fn flush(&self) -> Result<()> {
-        let (done_tx, done_rx) = sync_channel(1);
-        let tx = self.tx.as_ref().expect("open until drop");
-        if tx.send(Msg::Flush(done_tx)).is_ok() {
-            let _ = done_rx.recv();
+        let mut pending = self.shared.pending.lock().expect("lock");
+        while *pending > 0 {
+            pending = self.shared.idle.wait(pending).expect("lock");
         }
+        drop(pending);
         self.check()
     }
 
@@ -137,39 +156,61 @@ impl Uploader {
 }
 
 impl Drop for Uploader {
-    /// Lets the thread store what is queued and end: nothing keeps writing after the push
-    /// that started it has returned.
+    /// Lets the threads store what was handed over and end: nothing keeps writing after the
+    /// push that started them has returned.
     fn drop(&mut self) {
         drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
+/// One pack handed over is done with (stored or failed).
+fn done(shared: &Shared) {
+    let mut pending = shared.pending.lock().expect("lock");
+    *pending -= 1;
+    if *pending == 0 {
+        shared.idle.notify_all();
+    }
+}
+
 fn run(
-    rx: Receiver<Msg>,
+    rx: &Mutex<Receiver<SealedPack>>,
     storage: &dyn Storage,
     journal: Option<&dyn Storage>,
     keyring: &Keyring,
     shared: &Shared,
 ) {
-    for msg in rx {
-        let pack = match msg {
-            Msg::Flush(done) => {
-                let _ = done.send(());
-                continue;
-            }
-            Msg::Pack(p) => p,
+    loop {
+        // One thread waits on the channel at a time; the others wait for the lock.
+        let Ok(pack) = rx.lock().expect("lock").recv() else {
+            return;
         };
+        store(pack, storage, journal, keyring, shared);
+        done(shared);
+    }
+}
+
+fn store(
+    pack: SealedPack,
+    storage: &dyn Storage,
+    journal: Option<&dyn Storage>,
+    keyring: &Keyring,
+    shared: &Shared,
+) {
+    {
         // After a failure the rest is dropped: the push is failing.
         if shared.failed_text.lock().expect("lock").is_some() {
-            continue;
+            return;
         }
         if let Err(e) = storage.put(Kind::Data, &pack.name.to_hex(), &pack.bytes) {
-            *shared.failed_text.lock().expect("lock") = Some(e.to_string());
-            *shared.failed.lock().expect("lock") = Some(e);
-            continue;
+            let mut text = shared.failed_text.lock().expect("lock");
+            if text.is_none() {
+                *text = Some(e.to_string());
+                *shared.failed.lock().expect("lock") = Some(e);
+            }
+            return;
         }
         shared
             .stored_bytes
@@ -182,7 +223,7 @@ fn run(
         };
         {
             let mut pool = shared.pool.lock().expect("lock");
-            if pool.len() < POOL {
+            if pool.len() < shared.pool_max {
                 pool.push(pack.bytes);
             }
         }

@@ -313,6 +313,11 @@ pub fn describe(e: &reqwest::Error) -> String {
 }
 
 impl Storage for HttpStorage {
+    /// Two: the next pack travels while the server stores the one before.
+    fn concurrent_puts(&self) -> usize {
+        2
+    }
+
     fn location(&self) -> String {
         self.base.clone()
     }

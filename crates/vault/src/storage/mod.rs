@@ -92,6 +92,12 @@ pub trait Storage: Send + Sync {
             Err(e) => Err(e),
         }
     }
+    /// How many puts a push should have in flight at once: 1 for a local folder (one disk),
+    /// more for a server, whose answer to one put (after its own write and fsync) need not
+    /// hold up the next.
+    fn concurrent_puts(&self) -> usize {
+        1
+    }
     /// Removes what killed writers left half-written, older than `min_age`; returns how many.
     /// (Backends whose writes are atomic on the server leave nothing.)
     fn remove_stale_temps(&self, _min_age: std::time::Duration) -> usize {

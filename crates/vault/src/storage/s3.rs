@@ -612,6 +612,11 @@ impl Policy {
 }
 
 impl Storage for S3Storage {
+    /// Two: the next pack travels while the server stores the one before.
+    fn concurrent_puts(&self) -> usize {
+        2
+    }
+
     fn location(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
