@@ -883,7 +883,7 @@ pub fn vault_plain(data: &[u8]) {
             assert!(raw_len <= vault::crypto::MAX_BLOB_PLAIN);
             for compress in [false, true] {
                 let f = vault::crypto::frame_blob(&plain, compress);
-                assert_eq!(f.len() as u64, vault::crypto::padme(f.len() as u64));
+                assert!(f.len() <= 5 + plain.len(), "frames are not padded");
                 let back = vault::crypto::unframe_blob(&f, raw_len).expect("a frame unframes");
                 assert_eq!(back, plain);
             }

@@ -132,7 +132,12 @@ fn cut_and_resume(srv: &TestServer, account: &str, journal: bool) -> Outcome {
     let cut = CutAfter::new(srv.storage(&backup), 10);
     let repo = Repository::open(cut.clone(), &Secret::Password(PASSWORD)).expect("open");
     let w = Writer::with_journal(&repo, None, journal_store()).expect("writer");
-    let err = w.add_reader(&mut Cursor::new(&data)).unwrap_err();
+    // Packs are stored by an upload thread: the cut shows in add_reader or, at the latest,
+    // once the packs handed over are waited for.
+    let err = w
+        .add_reader(&mut Cursor::new(&data))
+        .and_then(|_| w.flush())
+        .unwrap_err();
     assert!(err.to_string().contains("cut off"), "{err}");
     drop(w);
     let first = cut.stored();

@@ -105,14 +105,18 @@ pub fn open(key: &Key32, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
 /// with PURBs", 2019): rounds `len` up so that at most O(log log len) bits of it remain, at
 /// most 12 % overhead (tarsnap pads its chunks the same way since 1.0.41).
 pub fn padme(len: u64) -> u64 {
+    let mask = padme_granule(len) - 1;
+    (len + mask) & !mask
+}
+
+/// The power of two PADME rounds `len` to (1 below 2).
+pub fn padme_granule(len: u64) -> u64 {
     if len < 2 {
-        return len;
+        return 1;
     }
     let e = 63 - len.leading_zeros() as u64; // floor(log2(len))
     let s = 64 - e.leading_zeros() as u64; // floor(log2(e)) + 1
-    let last_bits = e - s;
-    let mask = (1u64 << last_bits) - 1;
-    (len + mask) & !mask
+    1u64 << (e - s)
 }
 
 /// How a blob's payload is stored inside its seal.
@@ -140,8 +144,12 @@ fn zstd_compress(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The plaintext of a sealed blob: `[u8 format][u32 LE length][payload]` padded with zeros
-/// to the PADME size, where the payload is the data, zstd-compressed when that is smaller.
+/// The plaintext of a sealed blob: `[u8 format][u32 LE length][payload]`, where the payload
+/// is the data, zstd-compressed when that is smaller. Not padded: blob sizes are hidden by
+/// the pack (whose sealed header alone says where blobs begin; a pack smaller than its
+/// target is padded as a whole, see [`crate::pack::PackWriter::finish`]) and by reads in
+/// PADME-aligned windows ([`crate::Repository::read_blob`]). Blobs written padded by earlier
+/// versions (zeros after the payload) still unframe.
 pub fn frame_blob(data: &[u8], compress: bool) -> Vec<u8> {
     let packed;
     let (format, payload): (u8, &[u8]) = if compress && data.len() >= 64 {
@@ -154,13 +162,10 @@ pub fn frame_blob(data: &[u8], compress: bool) -> Vec<u8> {
     } else {
         (RAW, data)
     };
-    let used = 5 + payload.len();
-    let total = padme(used as u64) as usize;
-    let mut out = Vec::with_capacity(total);
+    let mut out = Vec::with_capacity(5 + payload.len());
     out.push(format);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
-    out.resize(total, 0);
     out
 }
 
@@ -220,6 +225,7 @@ mod tests {
         assert_eq!(padme(100), 104);
         assert_eq!(padme(1000), 1024);
         assert_eq!(padme(1_000_000), 1_015_808);
+        assert_eq!(padme_granule(105_005), 2048);
         for n in (2..200_000u64).step_by(97) {
             let p = padme(n);
             assert!(
@@ -239,9 +245,13 @@ mod tests {
             (0..5000u32).flat_map(|i| i.to_le_bytes()).collect(),
         ] {
             let f = frame_blob(&data, true);
-            assert_eq!(f.len() as u64, padme(f.len() as u64));
+            assert!(f.len() <= 5 + data.len(), "no padding");
             assert_eq!(unframe_blob(&f, data.len()).unwrap(), data);
             assert!(unframe_blob(&f, data.len() + 1).is_err());
+            // A frame padded as earlier versions wrote it still unframes.
+            let mut padded = f.clone();
+            padded.resize(padme(f.len() as u64) as usize + 64, 0);
+            assert_eq!(unframe_blob(&padded, data.len()).unwrap(), data);
         }
         assert!(unframe_blob(&[1, 255, 255, 255, 255], 3).is_err());
         assert!(unframe_blob(&[9, 0, 0, 0, 0], 0).is_err());

@@ -10,7 +10,7 @@
 //! plain length) is sealed too and sits at the end, so a writer streams blobs out and a reader
 //! finds the header with two range reads. A pack is named by the BLAKE3 hash of its bytes.
 
-use crate::crypto::{frame_blob, open, seal, unframe_blob, EpochKey};
+use crate::crypto::{frame_blob, open, padme, seal, unframe_blob, EpochKey, SEAL_OVERHEAD};
 use crate::id::Id;
 use crate::keys::Keyring;
 use crate::{Error, Result};
@@ -89,6 +89,7 @@ pub struct PackWriter {
     epoch: u32,
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    pad_below: usize,
 }
 
 impl PackWriter {
@@ -113,6 +114,7 @@ impl PackWriter {
             epoch,
             buf,
             entries: Vec::new(),
+            pad_below: 0,
         }
     }
 
@@ -128,6 +130,15 @@ impl PackWriter {
         self.buf.extend_from_slice(sealed);
     }
 
+    /// Pads the finished pack to its PADME size when it is smaller than `bytes` (a push's or
+    /// a prune's target pack size): a pack holding a few blobs (the last of a push) would
+    /// otherwise give their sizes away, blobs being unpadded. Full packs are not padded
+    /// (the sum of many blobs says nothing of one).
+    pub fn pad_below(mut self, bytes: usize) -> PackWriter {
+        self.pad_below = bytes;
+        self
+    }
+
     /// Bytes so far.
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -141,7 +152,13 @@ impl PackWriter {
     /// The finished pack: its name, bytes and entries.
     pub fn finish(mut self, key: &EpochKey) -> (Id, Vec<u8>, Vec<Entry>) {
         debug_assert_eq!(key.epoch, self.epoch);
-        let header = postcard::to_stdvec(&self.entries).expect("serializable");
+        let mut header = postcard::to_stdvec(&self.entries).expect("serializable");
+        // Padding goes inside the sealed header, after the entries (whose decoder ignores
+        // what follows them): the pack keeps its layout, and old readers read it.
+        let total = (self.buf.len() + header.len() + SEAL_OVERHEAD + 4) as u64;
+        if (total as usize) < self.pad_below {
+            header.resize(header.len() + (padme(total) - total) as usize, 0);
+        }
         let sealed = seal(&key.enc, &header_aad(self.epoch), &header);
         self.buf.extend_from_slice(&sealed);
         self.buf
@@ -221,6 +238,47 @@ pub fn parse(keyring: &Keyring, pack: &Id, bytes: &[u8]) -> Result<(u32, Vec<Ent
 mod tests {
     use super::*;
     use crate::keys::Params;
+
+    #[test]
+    fn a_small_pack_is_padded_and_parses_the_same() {
+        let kr = Keyring::new(Id::of_bytes(b"r"), Params::default());
+        let key = kr.current();
+        for n in [1usize, 777, 105_000] {
+            let data = vec![3u8; n];
+            let id = key.chunk_id(&data);
+            let sealed = seal_blob(key, &id, BlobKind::Data, &data);
+            let mut plain = PackWriter::new(key.epoch);
+            plain.push(id, BlobKind::Data, n as u32, &sealed);
+            let mut padded = PackWriter::new(key.epoch).pad_below(16 << 20);
+            padded.push(id, BlobKind::Data, n as u32, &sealed);
+            let (_, pb, pe) = plain.finish(key);
+            let (name, bytes, entries) = padded.finish(key);
+            assert_eq!(bytes.len() as u64, padme(pb.len() as u64), "{n}");
+            assert_eq!(entries, pe);
+            let (_, got) = parse(&kr, &name, &bytes).unwrap();
+            assert_eq!(got, entries);
+            let e = &got[0];
+            let blob = &bytes[e.offset as usize..(e.offset + e.len) as usize];
+            assert_eq!(open_blob(&kr, key.epoch, &name, e, blob).unwrap(), data);
+        }
+        // A full pack (over the threshold) is not padded.
+        let mut w = PackWriter::new(key.epoch).pad_below(10);
+        let id = key.chunk_id(b"x");
+        w.push(
+            id,
+            BlobKind::Data,
+            1,
+            &seal_blob(key, &id, BlobKind::Data, b"x"),
+        );
+        let mut w2 = PackWriter::new(key.epoch);
+        w2.push(
+            id,
+            BlobKind::Data,
+            1,
+            &seal_blob(key, &id, BlobKind::Data, b"x"),
+        );
+        assert_eq!(w.finish(key).1.len(), w2.finish(key).1.len());
+    }
 
     #[test]
     fn a_pack_round_trips_and_binds_its_blobs() {

@@ -345,7 +345,7 @@ fn repack(repo: &Repository, nos: &[u32], used: &HashSet<Id>) -> Result<Vec<Inde
     let key = repo.keyring().current().clone();
     let target = repo.params().pack_target as usize;
     let mut out = Vec::new();
-    let mut w = PackWriter::new(key.epoch);
+    let mut w = PackWriter::new(key.epoch).pad_below(target);
     let flush = |w: PackWriter, out: &mut Vec<IndexedPack>| -> Result<()> {
         if w.is_empty() {
             return Ok(());
@@ -379,7 +379,7 @@ fn repack(repo: &Repository, nos: &[u32], used: &HashSet<Id>) -> Result<Vec<Inde
             &seal_blob(&key, &id, loc.kind, &data),
         );
         if w.len() >= target {
-            let full = std::mem::replace(&mut w, PackWriter::new(key.epoch));
+            let full = std::mem::replace(&mut w, PackWriter::new(key.epoch).pad_below(target));
             flush(full, &mut out)?;
         }
     }

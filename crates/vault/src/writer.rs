@@ -111,7 +111,9 @@ impl<'r> Writer<'r> {
         );
         Ok(Writer {
             repo,
-            packer: Mutex::new(PackWriter::new(key.epoch)),
+            packer: Mutex::new(
+                PackWriter::new(key.epoch).pad_below(repo.params().pack_target as usize),
+            ),
             key,
             taken: Mutex::new(HashSet::new()),
             marked: RwLock::new(repo.marked()),
@@ -268,12 +270,20 @@ impl<'r> Writer<'r> {
         self.check_ids(&reused)
     }
 
+    /// Waits until every full pack handed to the upload threads is stored. Packs are stored
+    /// while chunking goes on, so a failed upload shows in a later [`Writer::add_reader`],
+    /// here, or in [`Writer::commit`] at the latest (which fails the push).
+    pub fn flush(&self) -> Result<()> {
+        self.uploader.flush()
+    }
+
     /// An empty pack with room for a full one (its target size, one largest chunk past it,
     /// and its header), in the buffer of a stored pack when there is one.
     fn new_pack(&self) -> PackWriter {
         let p = self.repo.params();
         let room = p.pack_target as usize + p.chunk_max as usize + (256 << 10);
         PackWriter::with_buffer(self.key.epoch, self.uploader.buffer(room))
+            .pad_below(p.pack_target as usize)
     }
 
     /// Seals a full pack and hands it to the upload thread.
@@ -349,10 +359,7 @@ impl<'r> Writer<'r> {
         // what had to be copied or stored again is uploaded and indexed in turn.
         let mut rounds = 0;
         loop {
-            let last = std::mem::replace(
-                &mut *self.packer.lock().expect("lock"),
-                PackWriter::new(self.key.epoch),
-            );
+            let last = std::mem::replace(&mut *self.packer.lock().expect("lock"), self.new_pack());
             self.upload(last)?;
             self.uploader.flush()?;
             let packs = self.uploader.take_uploaded();

@@ -172,7 +172,12 @@ fn permanent(fault: Fault) {
         rig.proxy.fail_after(2, fault);
     }
     let t = Instant::now();
-    let e = w.add_reader(&mut &second[0].1[..]).unwrap_err();
+    // Packs are stored by upload threads while chunking goes on: the failure shows in
+    // add_reader or, at the latest, once the packs handed over are waited for.
+    let e = w
+        .add_reader(&mut &second[0].1[..])
+        .and_then(|_| w.flush())
+        .unwrap_err();
     eprintln!("{fault:?} push: failed after {:.2?}: {e}", t.elapsed());
     assert!(matches!(e, Error::Storage { op: "put", .. }), "{e}");
     drop(w);
