@@ -134,19 +134,34 @@ fn folder_bytes(dir: &Path) -> u64 {
 /// Runs `cloud push`.
 pub fn push(cmd: &PushCmd) -> Result<u8> {
     let creds = backup_credentials(cmd)?;
-    // The backup's KDF (10 million PBKDF2 rounds) runs on a thread of its own while the
-    // repository is opened (its own KDF) and checked.
-    let (opened, r, total) = std::thread::scope(|s| {
-        let opening = s.spawn(|| cloud::push::open_backup(&cmd.backup, creds.as_ref()));
-        let r = repo::open(&cmd.repo).and_then(|r| {
+    let open_repo = || {
+        repo::open(&cmd.repo).and_then(|r| {
             // A store that rolled back is refused before anything is written.
             repo::snapshots(&cmd.repo, &r)?;
             Ok(r)
-        });
-        let total = folder_bytes(&cmd.backup);
-        let opened = opening.join().expect("the opening thread does not panic");
-        (opened, r, total)
-    });
+        })
+    };
+    // Given the password, the backup's KDF (10 million PBKDF2 rounds, about a second) runs
+    // on a thread of its own while the repository is opened (its own KDF) and checked. A
+    // derived key opens the backup at once: then one after the other, so that the
+    // repository's Argon2id memory is not held while the backup is read.
+    let slow_kdf = matches!(
+        creds.as_ref().map(|c| &c.secret),
+        Some(mobilebackup::Secret::Password(_))
+    );
+    let (opened, r, total) = if slow_kdf {
+        std::thread::scope(|s| {
+            let opening = s.spawn(|| cloud::push::open_backup(&cmd.backup, creds.as_ref()));
+            let r = open_repo();
+            let total = folder_bytes(&cmd.backup);
+            let opened = opening.join().expect("the opening thread does not panic");
+            (opened, r, total)
+        })
+    } else {
+        let r = open_repo()?;
+        let opened = cloud::push::open_backup(&cmd.backup, creds.as_ref());
+        (opened, Ok(r), folder_bytes(&cmd.backup))
+    };
     let r = r?;
     let opened = opened?;
     let bar = Bytes::new(Some(total), "pushing");
