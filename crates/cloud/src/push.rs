@@ -235,19 +235,19 @@ pub fn push_opened(
             as Arc<dyn vault::storage::Storage>
     });
     let writer = Writer::with_journal(repo, opts.progress, journal)?;
+    let ctx = Ctx {
+        backup: &backup,
+        writer: &writer,
+        unlocked,
+        by_id: &by_id,
+        parent: Some(&parent),
+    };
     let notes = Mutex::new(notes);
     let nodes: Vec<Option<Stored1>> = files
         .par_iter()
         .map(|rel| {
             let path = dir.join(rel);
             let note = |m: String| notes.lock().expect("lock").push(m);
-            let ctx = Ctx {
-                backup: &backup,
-                writer: &writer,
-                unlocked,
-                by_id: &by_id,
-                parent: Some(&parent),
-            };
             match store_file(&ctx, &path, rel) {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -274,14 +274,11 @@ pub fn push_opened(
                 continue;
             }
             // From its content this time: the parent's chunks are what went missing.
-            let ctx = Ctx {
-                backup: &backup,
-                writer: &writer,
-                unlocked,
-                by_id: &by_id,
+            let fresh = Ctx {
                 parent: None,
+                ..ctx
             };
-            *slot = match store_file(&ctx, &dir.join(rel), rel) {
+            *slot = match store_file(&fresh, &dir.join(rel), rel) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     notes
@@ -394,6 +391,7 @@ fn parent_nodes(
 }
 
 /// What storing one file needs.
+#[derive(Clone, Copy)]
 struct Ctx<'a, 'w> {
     backup: &'a Backup,
     writer: &'a Writer<'w>,
@@ -455,7 +453,7 @@ fn store_file(ctx: &Ctx<'_, '_>, path: &Path, rel: &str) -> Result<Stored1> {
             .filter(|m| m.file_type().is_file())
             .and_then(|m| FileStat::of(&m));
         if let (Some(st), Ok(pm)) = (now, FileMeta::decode(rel, &prev.meta)) {
-            if pm.stat == Some(st) && pm.len == st.len && writer.reuse(&prev.chunks, prev.size) {
+            if pm.stat == Some(st) && writer.reuse(&prev.chunks, prev.size) {
                 return Ok(Stored1 {
                     node: prev.clone(),
                     rekeyed: matches!(pm.stored, Stored::Rekey { .. }),

@@ -3,53 +3,25 @@
 //! else is read. Each case pulls the new snapshot and compares it byte for byte with the
 //! folder as it is now, so a shortcut taken wrongly shows as a wrong byte.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloud::pull::{pull, PullOptions};
 use cloud::push::{push, PushOptions, PushReport};
-use dataprotection::{KdfLimits, Passkey};
-use mobilebackup::{Credentials, Secret};
-use vault::keys::{Argon2Params, Params, MIN_MEMORY_KIB};
+use common::{files, passkey_creds, repo_on, testdata, REPO_PASSWORD};
+use mobilebackup::Credentials;
 use vault::storage::{Kind, LocalStorage, Storage};
 use vault::Repository;
 
-const PASSKEY: &str = "44a316ca4293d559aa3a068ebb22105607824ea61d611baf62cd3e83c0c796c7";
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
 fn creds() -> Option<Credentials> {
-    Some(Credentials {
-        secret: Secret::Passkey(Passkey::from_hex(PASSKEY).unwrap()),
-        device_key: None,
-        limits: KdfLimits::default(),
-    })
+    Some(passkey_creds())
 }
 
 fn repo(dir: &Path) -> (Repository, Arc<dyn Storage>) {
     let s = Arc::new(LocalStorage::new(dir.to_path_buf())) as Arc<dyn Storage>;
-    let argon = Argon2Params {
-        m_kib: MIN_MEMORY_KIB,
-        t: 1,
-        p: 1,
-    };
-    let (r, _) = Repository::init(s.clone(), b"pw", Some(argon), Params::default()).unwrap();
-    (r, s)
-}
-
-/// Every regular file under `root`: relative path → bytes.
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in walk(root) {
-        let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        out.insert(rel, std::fs::read(&e).unwrap());
-    }
-    out
+    (repo_on(s.clone()), s)
 }
 
 fn walk(root: &Path) -> Vec<PathBuf> {
@@ -195,7 +167,7 @@ fn chunks_gone_from_the_store_are_stored_again_not_taken() {
     for name in &first_packs {
         s.delete(Kind::Data, name).unwrap();
     }
-    let r = Repository::open(s.clone(), &vault::keys::Secret::Password(b"pw")).unwrap();
+    let r = Repository::open(s.clone(), &vault::keys::Secret::Password(REPO_PASSWORD)).unwrap();
     let third = push_it(&r, &dir, creds());
     // Only files without chunks (empty, or a blob that is padding alone) are still taken.
     let (_, snap) = r.find_snapshot(&third.snapshot.to_hex()).unwrap();

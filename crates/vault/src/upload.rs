@@ -46,9 +46,15 @@ struct Shared {
     /// Packs handed over and not yet stored (or failed), with its condition.
     pending: Mutex<usize>,
     idle: Condvar,
-    /// The first failure, as text (errors are not `Clone`; the first caller gets it whole).
-    failed: Mutex<Option<Error>>,
-    failed_text: Mutex<Option<String>>,
+    /// The first failure, if any.
+    failed: Mutex<Option<Failure>>,
+}
+
+/// The first failed upload: the error itself (handed to the first caller that asks; errors
+/// are not `Clone`) and its text (for every later caller).
+struct Failure {
+    error: Option<Error>,
+    text: String,
 }
 
 /// The upload threads and their queue.
@@ -74,7 +80,6 @@ impl Uploader {
             pending: Mutex::new(0),
             idle: Condvar::new(),
             failed: Mutex::new(None),
-            failed_text: Mutex::new(None),
         });
         // A rendezvous channel: a pack is handed over only when a thread is free to take it.
         let (tx, rx) = sync_channel::<SealedPack>(0);
@@ -103,12 +108,11 @@ impl Uploader {
 
     /// The failure so far, if any: the error itself the first time, then its text.
     fn check(&self) -> Result<()> {
-        if let Some(e) = self.shared.failed.lock().expect("lock").take() {
-            return Err(e);
-        }
-        match self.shared.failed_text.lock().expect("lock").as_ref() {
-            Some(t) => Err(Error::Invalid(format!("an earlier upload failed: {t}"))),
+        match self.shared.failed.lock().expect("lock").as_mut() {
             None => Ok(()),
+            Some(f) => Err(f.error.take().unwrap_or_else(|| {
+                Error::Invalid(format!("an earlier upload failed: {}", f.text))
+            })),
         }
     }
 
@@ -199,43 +203,44 @@ fn store(
     keyring: &Keyring,
     shared: &Shared,
 ) {
-    {
-        // After a failure the rest is dropped: the push is failing.
-        if shared.failed_text.lock().expect("lock").is_some() {
-            return;
-        }
-        if let Err(e) = storage.put(Kind::Data, &pack.name.to_hex(), &pack.bytes) {
-            let mut text = shared.failed_text.lock().expect("lock");
-            if text.is_none() {
-                *text = Some(e.to_string());
-                *shared.failed.lock().expect("lock") = Some(e);
-            }
-            return;
-        }
-        shared
-            .stored_bytes
-            .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
-        let entry = IndexedPack {
-            pack: pack.name,
-            epoch: pack.epoch,
-            size: pack.bytes.len() as u64,
-            blobs: pack.blobs,
-        };
-        {
-            let mut pool = shared.pool.lock().expect("lock");
-            if pool.len() < shared.pool_max {
-                pool.push(pack.bytes);
-            }
-        }
-        if let Some(j) = journal {
-            // Best effort: without the entry a resumed push reads the header, or stores the
-            // pack's chunks again; never wrong, only slower.
-            let _ = IndexFile {
-                supersedes: Vec::new(),
-                packs: vec![entry.clone()],
-            }
-            .store(j, keyring);
-        }
-        shared.uploaded.lock().expect("lock").push(entry);
+    // After a failure the rest is dropped: the push is failing.
+    if shared.failed.lock().expect("lock").is_some() {
+        return;
     }
+    if let Err(e) = storage.put(Kind::Data, &pack.name.to_hex(), &pack.bytes) {
+        shared
+            .failed
+            .lock()
+            .expect("lock")
+            .get_or_insert_with(|| Failure {
+                text: e.to_string(),
+                error: Some(e),
+            });
+        return;
+    }
+    shared
+        .stored_bytes
+        .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+    let entry = IndexedPack {
+        pack: pack.name,
+        epoch: pack.epoch,
+        size: pack.bytes.len() as u64,
+        blobs: pack.blobs,
+    };
+    {
+        let mut pool = shared.pool.lock().expect("lock");
+        if pool.len() < shared.pool_max {
+            pool.push(pack.bytes);
+        }
+    }
+    if let Some(j) = journal {
+        // Best effort: without the entry a resumed push reads the header, or stores the
+        // pack's chunks again; never wrong, only slower.
+        let _ = IndexFile {
+            supersedes: Vec::new(),
+            packs: vec![entry.clone()],
+        }
+        .store(j, keyring);
+    }
+    shared.uploaded.lock().expect("lock").push(entry);
 }

@@ -1,12 +1,12 @@
 //! A push: content is cut by a keyed content-defined chunker (FastCDC 2020, its gear table
 //! XOR-ed with the epoch's secret seed), each chunk named by its keyed BLAKE3 hash, and only
-//! chunks the repository does not hold are compressed, padded, sealed and packed. Files may be
-//! added from many threads at once; a full pack is sealed by the thread that filled it and
-//! stored by the upload thread.
+//! chunks the repository does not hold are compressed, sealed and packed (a pack below its
+//! target size is padded). Files may be added from many threads at once; a full pack is
+//! sealed by the thread that filled it and stored by an upload thread.
 //!
 //! Write order: packs, then one index object for them, then the snapshot. A push killed at
 //! any point leaves complete packs that no index lists; the next push finds them and indexes
-//! them, so nothing already uploaded is uploaded again. Packs are stored by a thread of
+//! them, so nothing already uploaded is uploaded again. Packs are stored by threads of
 //! their own ([`crate::upload`]) while chunking goes on. It learns what such a pack holds from
 //! the client's journal (one sealed index entry written locally after each pack is stored)
 //! or, without one, by reading the pack's sealed header. The journal is what lets a device
@@ -286,7 +286,7 @@ impl<'r> Writer<'r> {
             .pad_below(p.pack_target as usize)
     }
 
-    /// Seals a full pack and hands it to the upload thread.
+    /// Seals a full pack and hands it to an upload thread.
     fn upload(&self, pack: PackWriter) -> Result<()> {
         if pack.is_empty() {
             return Ok(());

@@ -104,31 +104,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// sha256 of every regular file under `root` (symlinks skipped), keyed by its path
 /// relative to `root`.
 pub fn tree_hashes(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                walk(root, &e.path(), out);
-            } else if t.is_file() {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, sha256_hex(&std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    regular_files(root)
+        .into_iter()
+        .map(|(rel, path)| (rel, sha256_hex(&std::fs::read(path).unwrap())))
+        .collect()
 }
 
-/// Every regular file under `root`: relative path → bytes.
-pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
+/// Every regular file under `root` (not following symlinks): relative path → its path.
+fn regular_files(root: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
     let mut todo = vec![root.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -143,11 +127,19 @@ pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
-                out.insert(rel, std::fs::read(e.path()).unwrap());
+                out.push((rel, e.path()));
             }
         }
     }
     out
+}
+
+/// Every regular file under `root`: relative path → bytes.
+pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    regular_files(root)
+        .into_iter()
+        .map(|(rel, path)| (rel, std::fs::read(path).unwrap()))
+        .collect()
 }
 
 /// Asserts that two folders hold the same files with the same bytes.
