@@ -17,6 +17,7 @@
 
 pub mod cbc;
 pub mod class;
+pub mod curve;
 mod error;
 pub mod gcm;
 pub mod kdf;

@@ -259,7 +259,7 @@ pub(crate) fn class_name(c: ProtectionClass) -> String {
 }
 
 /// Why a path is excluded by rule (format §10.1), if it is.
-fn excluded_by_rule(path: &str) -> Option<&'static str> {
+pub(crate) fn excluded_by_rule(path: &str) -> Option<&'static str> {
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
     if under("Library/Caches") {
         Some("Library/Caches is never backed up")
@@ -930,6 +930,35 @@ fn decide(device: &Device, e: &crate::Entry, flagged_dirs: &[(String, String)]) 
             reason,
         })
     };
+    if let Some(s) = left_out_skip(e, flagged_dirs) {
+        return Decision::Skip(s);
+    }
+    if matches!(e.kind, EntryKind::File) && !device.class_key_available(e.class) {
+        return skip(format!(
+            "class {} ({}) is not readable while the device is {:?}",
+            class_name(e.class),
+            e.class.name(),
+            device.state()
+        ));
+    }
+    Decision::Take
+}
+
+/// Why an entry is left out of every backup by rule or flag (format §10.1), if it is.
+pub(crate) fn left_out_skip(e: &crate::Entry, flagged_dirs: &[(String, String)]) -> Option<Skip> {
+    let skip = |reason: String| {
+        Some(Skip {
+            kind: match e.kind {
+                EntryKind::File => "file",
+                EntryKind::Directory => "dir",
+                EntryKind::Symlink { .. } => "symlink",
+            }
+            .into(),
+            what: format!("{}/{}", e.domain, e.path),
+            class: matches!(e.kind, EntryKind::File).then(|| class_name(e.class)),
+            reason,
+        })
+    };
     if let Some(r) = excluded_by_rule(&e.path) {
         return skip(r.into());
     }
@@ -942,15 +971,7 @@ fn decide(device: &Device, e: &crate::Entry, flagged_dirs: &[(String, String)]) 
     if in_flagged {
         return skip("inside a folder flagged exclude-from-backup".into());
     }
-    if matches!(e.kind, EntryKind::File) && !device.class_key_available(e.class) {
-        return skip(format!(
-            "class {} ({}) is not readable while the device is {:?}",
-            class_name(e.class),
-            e.class.name(),
-            device.state()
-        ));
-    }
-    Decision::Take
+    None
 }
 
 /// Folders flagged "exclude from backup", as (domain, path).

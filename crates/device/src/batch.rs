@@ -86,6 +86,7 @@ impl<E> fmt::Debug for PutItem<'_, E> {
 struct Written {
     index: usize,
     wrapped: Vec<u8>,
+    cloud: Option<Vec<u8>>,
     id: String,
     size: u64,
 }
@@ -254,7 +255,8 @@ impl Device {
             };
             let (domain, path, opts) = &sh.items[index];
             match self.write_blob(domain, path, opts, open, &mut buf) {
-                Ok((wrapped, id, size)) => lock(&sh.done).push(Written {
+                Ok((wrapped, cloud, id, size)) => lock(&sh.done).push(Written {
+                    cloud,
                     index,
                     wrapped,
                     id,
@@ -283,12 +285,13 @@ impl Device {
         opts: &PutOptions,
         open: OpenContent<'_, E>,
         buf: &mut [u8],
-    ) -> Result<(Vec<u8>, String, u64), E>
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>, String, u64), E>
     where
         E: From<Error>,
     {
         let key = Key256::random();
         let wrapped = self.wrap_file_key(opts.class, &key)?;
+        let cloud = self.cloud_wrap(opts.class, &key);
         let id = hex::encode(&Key256::random().as_bytes()[..16]);
         let blob = blob_path(&self.dir, &id);
         let parent = blob.parent().expect("store/xx");
@@ -299,7 +302,7 @@ impl Device {
         let size = encrypt_with(&key, &mut *src, tmp_path, domain, path, buf)?;
         std::fs::rename(tmp_path, &blob).map_err(io(&blob))?;
         tmp.0 = None;
-        Ok((wrapped, id, size))
+        Ok((wrapped, cloud, id, size))
     }
 
     /// Indexes every written blob in one transaction, in item order; returns the ids of
@@ -320,6 +323,7 @@ impl Device {
                 wrapped: &w.wrapped,
                 id: &w.id,
                 size: w.size,
+                cloud: w.cloud.as_deref(),
             };
             if let Some(old) = self.index_file_in(&tx, now, domain, path, opts, &blob)? {
                 replaced.push(old);

@@ -48,6 +48,8 @@ pub struct Device {
     pub(crate) keys: ClassKeys,
     pub(crate) store: Mutex<Connection>,
     pub(crate) keychain: Mutex<Connection>,
+    /// The iCloud Backup keybag, when cloud backup is on.
+    pub(crate) cloud: Option<crate::cloudbag::CloudBag>,
     clock: Clock,
     last_wrong: Option<[u8; 32]>,
 }
@@ -169,6 +171,7 @@ impl Device {
             keys,
             store: Mutex::new(store),
             keychain: Mutex::new(keychain),
+            cloud: None,
             clock: Arc::new(system_now),
             last_wrong: None,
         })
@@ -192,6 +195,7 @@ impl Device {
         let keybag = bag::open(&uid, &locker, &kb_bytes, &kb_path)?;
         let store = crate::store::open_db(dir)?;
         let keychain = crate::keychain::open_db(dir)?;
+        let cloud = crate::cloudbag::load(dir, &uid)?;
         let mut dev = Device {
             dir: dir.to_path_buf(),
             meta,
@@ -201,6 +205,7 @@ impl Device {
             keys: ClassKeys::new(),
             store: Mutex::new(store),
             keychain: Mutex::new(keychain),
+            cloud,
             clock: Arc::new(system_now),
             last_wrong: None,
         };

@@ -137,6 +137,12 @@ pub enum Error {
     /// A keychain request that makes no sense (unknown table, no such row, …).
     #[error("keychain: {0}")]
     Keychain(String),
+    /// iCloud Backup is off on this device.
+    #[error("{path}: iCloud Backup is off on this device (turn it on with `keybag device cloud enable`)")]
+    CloudOff {
+        /// The device folder.
+        path: PathBuf,
+    },
     /// A cryptographic operation failed on a file of the device.
     #[error("{path}: {source}")]
     Crypto {

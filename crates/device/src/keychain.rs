@@ -30,6 +30,7 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection> {
          CREATE TRIGGER IF NOT EXISTS items_del AFTER DELETE ON items BEGIN UPDATE changes SET token = randomblob(16); END;",
     )
     .map_err(db(&path))?;
+    crate::cloudbag::add_column(&conn, "items", &path)?;
     Ok(conn)
 }
 
@@ -37,6 +38,27 @@ fn aad(table: &str, class: u32) -> Vec<u8> {
     let mut a = table.as_bytes().to_vec();
     a.extend_from_slice(&class.to_be_bytes());
     a
+}
+
+/// Decrypts an item's attributes with its item key (AAD = table ‖ class).
+pub(crate) fn open_attributes(
+    item_key: &Key256,
+    table: &str,
+    class: ProtectionClass,
+    iv: &[u8],
+    data: &[u8],
+) -> std::result::Result<BTreeMap<String, DerValue>, String> {
+    if data.len() < 16 {
+        return Err("too short".into());
+    }
+    let (ct, tag) = data.split_at(data.len() - 16);
+    let plain = dataprotection::gcm::decrypt(item_key, iv, &aad(table, class.0), ct, tag)
+        .map_err(|e| e.to_string())?;
+    match der::decode(&plain) {
+        Ok((DerValue::Dict(d), _)) => Ok(d),
+        Ok(_) => Err("not a dictionary".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 type RawItem = (u64, String, u32, Vec<u8>, Vec<u8>, Vec<u8>);
@@ -90,11 +112,13 @@ impl Device {
                 .map_err(|e| Error::Keychain(e.to_string()))?;
         ct.extend_from_slice(&tag);
         let wrapped = wrap_key(&class_key, &item_key);
+        let cloud = self.cloud_item_wrap(class, &item_key);
         let dbp = db_path(&self.dir);
         let conn = self.keychain_db();
         conn.execute(
-            "INSERT INTO items(tbl, class, wrapped_key, iv, data) VALUES(?1, ?2, ?3, ?4, ?5)",
-            params![table, class.0, wrapped.to_vec(), iv, ct],
+            "INSERT INTO items(tbl, class, wrapped_key, iv, data, cloud_key)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+            params![table, class.0, wrapped.to_vec(), iv, ct, cloud],
         )
         .map_err(db(&dbp))?;
         Ok(conn.last_insert_rowid() as u64)
@@ -134,17 +158,8 @@ impl Device {
             path: dbp.clone(),
             source: e,
         })?;
-        if data.len() < 16 {
-            return Err(damaged(&dbp, format!("item {rowid} is too short")));
-        }
-        let (ct, tag) = data.split_at(data.len() - 16);
-        let plain = dataprotection::gcm::decrypt(&item_key, &iv, &aad(&table, class.0), ct, tag)
+        let attributes = open_attributes(&item_key, &table, class, &iv, &data)
             .map_err(|e| damaged(&dbp, format!("item {rowid}: {e}")))?;
-        let attributes = match der::decode(&plain) {
-            Ok((DerValue::Dict(d), _)) => d,
-            Ok(_) => return Err(damaged(&dbp, format!("item {rowid} is not a dictionary"))),
-            Err(e) => return Err(damaged(&dbp, format!("item {rowid}: {e}"))),
-        };
         Ok(KeychainItem {
             table,
             rowid,

@@ -57,6 +57,7 @@
 pub mod backup;
 mod bag;
 mod batch;
+mod cloudbag;
 mod device;
 mod error;
 pub mod import;
@@ -77,6 +78,9 @@ use zeroize::Zeroizing;
 
 pub use bag::split_envelope;
 pub use batch::{OpenContent, PutItem};
+pub use cloudbag::{
+    CloudEnabled, CloudExport, CloudFile, CloudItem, FILE_CLASSES, KEYCHAIN_CLASSES,
+};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use sep::calibrate_iterations;

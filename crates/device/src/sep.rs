@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use aes::cipher::{BlockEncrypt, KeyInit};
 use dataprotection::{DeviceKey, Key256};
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
+use sha2::Sha256;
 use zeroize::Zeroize;
 
 use crate::error::{damaged, Result};
@@ -24,6 +23,10 @@ pub(crate) mod label {
     pub const SESSION: &str = "keybag.device/session";
     /// KEK (RFC 3394) of the backup password's passkey in `secure/backup-keybag`.
     pub const BACKUP_KEYBAG: &str = "keybag.device/backup-keybag";
+    /// KEK (RFC 3394) of the cloud keybag's keychain class keys (`WRAP=1`).
+    pub const CLOUD_KEYCHAIN: &str = "keybag.device/cloud-keychain";
+    /// Key of the device-bound records `secure/bound-*`.
+    pub const BOUND: &str = "keybag.device/bound";
 }
 
 /// The device's hardware UID (a 256-bit AES key). Only this module uses its bytes.
@@ -100,29 +103,10 @@ pub fn calibrate_iterations(target: Duration) -> u32 {
     n.clamp(10_000, u32::MAX as u64) as u32
 }
 
-/// Class-B key agreement (One-Pass DH, SP 800-56A concatenation KDF with SHA-256,
-/// as IDP's `unwrapCurve25519`): SHA-256(00000001 ‖ X25519(secret, public) ‖ ephPub ‖ classPub).
-pub(crate) fn class_b_kek(shared: &[u8; 32], eph_pub: &[u8; 32], class_pub: &[u8; 32]) -> Key256 {
-    let mut h = Sha256::new();
-    h.update(1u32.to_be_bytes());
-    h.update(shared);
-    h.update(eph_pub);
-    h.update(class_pub);
-    let mut out: [u8; 32] = h.finalize().into();
-    let k = Key256::from_bytes(out);
-    out.zeroize();
-    k
-}
-
-/// Wraps `file_key` to the class-B public key: `ephPub(32) ‖ RFC3394(kek, file_key)(40)`.
+/// Wraps `file_key` to the class-B public key: `ephPub(32) ‖ RFC3394(kek, file_key)(40)`
+/// (IDP's `unwrapCurve25519` scheme, in [`dataprotection::curve`]).
 pub(crate) fn class_b_wrap(class_pub: &[u8; 32], file_key: &Key256) -> Vec<u8> {
-    let eph = StaticSecret::random_from_rng(rand::rngs::OsRng);
-    let eph_pub = PublicKey::from(&eph);
-    let shared = eph.diffie_hellman(&PublicKey::from(*class_pub));
-    let kek = class_b_kek(shared.as_bytes(), eph_pub.as_bytes(), class_pub);
-    let mut out = eph_pub.as_bytes().to_vec();
-    out.extend_from_slice(&dataprotection::wrap::wrap_key(&kek, file_key));
-    out
+    dataprotection::curve::wrap_to(class_pub, file_key)
 }
 
 /// Unwraps a 72-byte class-B wrapped key with the class private key.
@@ -130,19 +114,10 @@ pub(crate) fn class_b_unwrap(
     class_priv: &Key256,
     wrapped: &[u8],
 ) -> dataprotection::Result<Key256> {
-    if wrapped.len() != 72 {
-        return Err(dataprotection::Error::WrappedKeyLength(wrapped.len()));
-    }
-    let secret = StaticSecret::from(*class_priv.as_bytes());
-    let class_pub = PublicKey::from(&secret);
-    let eph_pub: [u8; 32] = wrapped[..32].try_into().expect("32 bytes");
-    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub));
-    let kek = class_b_kek(shared.as_bytes(), &eph_pub, class_pub.as_bytes());
-    dataprotection::wrap::unwrap_key(&kek, &wrapped[32..])
+    dataprotection::curve::unwrap_with(class_priv, wrapped)
 }
 
 /// The X25519 public key of a class-B private key.
 pub(crate) fn class_b_public(class_priv: &Key256) -> [u8; 32] {
-    let secret = StaticSecret::from(*class_priv.as_bytes());
-    *PublicKey::from(&secret).as_bytes()
+    dataprotection::curve::public_of(class_priv)
 }

@@ -46,6 +46,7 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection> {
          CREATE TRIGGER IF NOT EXISTS files_del AFTER DELETE ON files BEGIN UPDATE changes SET token = randomblob(16); END;",
     )
     .map_err(db(&path))?;
+    crate::cloudbag::add_column(&conn, "files", &path)?;
     Ok(conn)
 }
 
@@ -78,6 +79,8 @@ pub(crate) struct StoredBlob<'a> {
     pub(crate) id: &'a str,
     /// Plaintext length.
     pub(crate) size: u64,
+    /// The file key wrapped to the cloud keybag (when cloud backup is on).
+    pub(crate) cloud: Option<&'a [u8]>,
 }
 
 struct Row {
@@ -232,7 +235,7 @@ impl Device {
         }
     }
 
-    fn unwrap_file_key(
+    pub(crate) fn unwrap_file_key(
         &self,
         class: ProtectionClass,
         wrapped: &[u8],
@@ -312,6 +315,7 @@ impl Device {
         check(domain, path)?;
         let key = Key256::random();
         let wrapped = self.wrap_file_key(opts.class, &key)?;
+        let cloud = self.cloud_wrap(opts.class, &key);
         let id = hex::encode(&Key256::random().as_bytes()[..16]);
         let blob = blob_path(&self.dir, &id);
         let parent = blob.parent().expect("store/xx");
@@ -327,7 +331,7 @@ impl Device {
             }
         };
         std::fs::rename(&tmp, &blob).map_err(io(&blob))?;
-        let res = self.index_file(domain, path, opts, &wrapped, &id, size);
+        let res = self.index_file(domain, path, opts, &wrapped, cloud.as_deref(), &id, size);
         match res {
             Ok(old) => {
                 if let Some(old) = old {
@@ -349,6 +353,7 @@ impl Device {
         path: &str,
         opts: &PutOptions,
         wrapped: &[u8],
+        cloud: Option<&[u8]>,
         id: &str,
         size: u64,
     ) -> Result<Option<String>> {
@@ -356,7 +361,12 @@ impl Device {
         let now = self.now();
         let mut conn = self.store_db();
         let tx = conn.transaction().map_err(db(&dbp))?;
-        let blob = StoredBlob { wrapped, id, size };
+        let blob = StoredBlob {
+            wrapped,
+            id,
+            size,
+            cloud,
+        };
         let old = self.index_file_in(&tx, now, domain, path, opts, &blob)?;
         tx.commit().map_err(db(&dbp))?;
         Ok(old)
@@ -374,7 +384,12 @@ impl Device {
         blob: &StoredBlob<'_>,
     ) -> Result<Option<String>> {
         let dbp = db_path(&self.dir);
-        let StoredBlob { wrapped, id, size } = *blob;
+        let StoredBlob {
+            wrapped,
+            id,
+            size,
+            cloud,
+        } = *blob;
         let old = lookup(tx, &dbp, domain, path)?;
         let birth = match &old {
             Some(r) if r.entry.kind != EntryKind::File => {
@@ -388,10 +403,25 @@ impl Device {
             None => now,
         };
         self.ensure_parents(tx, domain, path, now)?;
+        // A file a backup leaves out gets no cloud wrap (see `cloudbag`).
+        let cloud = match cloud {
+            Some(c)
+                if !crate::cloudbag::left_out(
+                    tx,
+                    &dbp,
+                    domain,
+                    path,
+                    opts.exclude_from_backup,
+                )? =>
+            {
+                Some(c)
+            }
+            _ => None,
+        };
         tx.execute(
             "INSERT OR REPLACE INTO files(domain, path, kind, target, mode, uid, gid, mtime,
-                ctime, birth, class, wrapped_key, exclude, blob, size)
-             VALUES(?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                ctime, birth, class, wrapped_key, exclude, blob, size, cloud_key)
+             VALUES(?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 domain,
                 path,
@@ -406,7 +436,8 @@ impl Device {
                 wrapped,
                 opts.exclude_from_backup as i64,
                 id,
-                size as i64
+                size as i64,
+                cloud
             ],
         )
         .map_err(db(&dbp))?;
@@ -580,6 +611,33 @@ impl Device {
         Ok(rows)
     }
 
+    /// Every entry with its blob id and cloud wrap, in domain and path order.
+    pub(crate) fn entries_with_cloud_keys(
+        &self,
+    ) -> Result<Vec<(Entry, Option<String>, Option<Vec<u8>>)>> {
+        let dbp = db_path(&self.dir);
+        let conn = self.store_db();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS}, cloud_key FROM files ORDER BY domain, path"
+            ))
+            .map_err(db(&dbp))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let x = row(r)?;
+                Ok((x.entry, x.blob, r.get::<_, Option<Vec<u8>>>(15)?))
+            })
+            .map_err(db(&dbp))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db(&dbp))?;
+        for (_, blob, _) in &rows {
+            if let Some(id) = blob {
+                check_blob_id(&dbp, id)?;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Removes a file, a symlink or an empty directory.
     pub fn remove(&mut self, domain: &str, path: &str) -> Result<()> {
         check(domain, path)?;
@@ -634,8 +692,8 @@ impl Device {
     ) -> Result<()> {
         check(domain, path)?;
         let dbp = db_path(&self.dir);
-        let n = self
-            .store_db()
+        let conn = self.store_db();
+        let n = conn
             .execute(
                 "UPDATE files SET exclude=?3 WHERE domain=?1 AND path=?2",
                 params![domain, path, exclude as i64],
@@ -647,6 +705,19 @@ impl Device {
                 path: path.into(),
             });
         }
+        if exclude {
+            // Left out of backups from now on: its cloud wraps (and those of everything
+            // under a folder) go, so a server's keybag opens none of them.
+            conn.execute(
+                "UPDATE files SET cloud_key = NULL WHERE domain=?1
+                 AND (path=?2 OR substr(path, 1, length(?2) + 1) = ?2 || '/')",
+                params![domain, path],
+            )
+            .map_err(db(&dbp))?;
+        } else {
+            drop(conn);
+            self.cloud_add_missing_wraps()?;
+        }
         Ok(())
     }
 
@@ -656,12 +727,15 @@ impl Device {
         let file = self.open_file(domain, path)?;
         let wrapped = self.wrap_file_key(class, &file.key)?;
         let dbp = db_path(&self.dir);
-        self.store_db()
-            .execute(
-                "UPDATE files SET class=?3, wrapped_key=?4 WHERE domain=?1 AND path=?2",
-                params![domain, path, class.0, wrapped],
-            )
-            .map_err(db(&dbp))?;
+        let conn = self.store_db();
+        let left_out =
+            crate::cloudbag::left_out(&conn, &dbp, domain, path, file.entry.exclude_from_backup)?;
+        let cloud = self.cloud_wrap(class, &file.key).filter(|_| !left_out);
+        conn.execute(
+            "UPDATE files SET class=?3, wrapped_key=?4, cloud_key=?5 WHERE domain=?1 AND path=?2",
+            params![domain, path, class.0, wrapped, cloud],
+        )
+        .map_err(db(&dbp))?;
         Ok(())
     }
 

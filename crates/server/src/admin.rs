@@ -36,6 +36,17 @@ pub async fn server_setup(db: &Db) -> Result<ServerSetup<Suite>> {
     ServerSetup::<Suite>::deserialize(&bytes).map_err(|e| Error::Db(format!("opaque_setup: {e}")))
 }
 
+/// The service's escrow key (X25519, made by the first process, kept in the database like
+/// the OPAQUE setup): in standard custody an account's service key is sealed to its public
+/// half, so the operator can open it (spec §5.2: "available after authentication").
+pub async fn escrow_secret(db: &Db) -> Result<dataprotection::Key256> {
+    let fresh = dataprotection::curve::new_private();
+    let stored = db
+        .set_meta_if_absent("escrow_x25519", &fresh.to_hex())
+        .await?;
+    dataprotection::Key256::from_hex(&stored).map_err(|e| Error::Db(format!("escrow_x25519: {e}")))
+}
+
 /// A new account: returns it and its enrollment code (shown once).
 pub async fn add_account(db: &Db, name: &str, quota: i64) -> Result<(Account, String)> {
     check_name(name)?;

@@ -218,6 +218,108 @@ impl ServerClient {
     }
 }
 
+impl ServerClient {
+    fn record_value(v: &Value) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        decode(&v["value"]).map(Zeroizing::new)
+    }
+
+    fn optional(r: Result<Value, ClientError>) -> Result<Option<Value>, ClientError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The service's escrow public key.
+    pub fn escrow_key(&self, token: &str) -> Result<[u8; 32], ClientError> {
+        let v = self.get("/v1/custody/escrow-key", token)?;
+        hex::decode(v["public"].as_str().unwrap_or_default())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ClientError::Protocol("the escrow key is not 32 hex bytes".into()))
+    }
+
+    /// The names of the account's custody records.
+    pub fn custody_list(&self, token: &str) -> Result<Vec<String>, ClientError> {
+        let v = self.get("/v1/custody/records", token)?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// One custody record (`None` when absent).
+    pub fn custody_get(
+        &self,
+        token: &str,
+        name: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
+        Self::optional(self.get(&format!("/v1/custody/records/{name}"), token))?
+            .map(|v| Self::record_value(&v))
+            .transpose()
+    }
+
+    /// Stores a custody record.
+    pub fn custody_put(&self, token: &str, name: &str, value: &[u8]) -> Result<(), ClientError> {
+        let path = format!("/v1/custody/records/{name}");
+        self.send(
+            &path,
+            self.http
+                .put(self.url(&path))
+                .json(&json!({"value": b64().encode(value)}))
+                .bearer_auth(token),
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes a custody record (absent is fine).
+    pub fn custody_delete(&self, token: &str, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/custody/records/{name}");
+        Self::optional(self.send(&path, self.http.delete(self.url(&path)).bearer_auth(token)))
+            .map(|_| ())
+    }
+
+    /// The escrowed secret, opened by the service (`None` when there is no escrow record).
+    pub fn escrow_open(&self, token: &str) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
+        Self::optional(self.post("/v1/custody/escrow/open", json!({}), Some(token)))?
+            .map(|v| Self::record_value(&v))
+            .transpose()
+    }
+
+    /// Another account's published recovery-contact key (`None` if it has none).
+    pub fn contact_key(
+        &self,
+        token: &str,
+        account: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
+        Self::optional(self.get(&format!("/v1/contacts/{account}/key"), token))?
+            .map(|v| Self::record_value(&v))
+            .transpose()
+    }
+
+    /// Leaves a recovery-contact packet with another account.
+    pub fn contact_packet(
+        &self,
+        token: &str,
+        account: &str,
+        packet: &[u8],
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/contacts/{account}/packets");
+        self.send(
+            &path,
+            self.http
+                .put(self.url(&path))
+                .json(&json!({"value": b64().encode(packet)}))
+                .bearer_auth(token),
+        )
+        .map(|_| ())
+    }
+}
+
 fn decode(v: &Value) -> Result<Vec<u8>, ClientError> {
     b64()
         .decode(v.as_str().unwrap_or_default())

@@ -10,7 +10,13 @@
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
+use base64::Engine;
+
 use crate::{Error, Result};
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
 
 /// Schema steps; the index + 1 is the version a step brings the database to.
 const MIGRATIONS: &[&[&str]] = &[&[
@@ -30,6 +36,10 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE INDEX IF NOT EXISTS login_failures_at ON login_failures (at)",
     "CREATE INDEX IF NOT EXISTS tokens_account ON tokens (account_id)",
     "CREATE INDEX IF NOT EXISTS devices_account ON devices (account_id)",
+], &[
+    // iCloud-style custody records (opaque to the server but for `escrow`): base64 values.
+    "CREATE TABLE IF NOT EXISTS custody (account_id TEXT NOT NULL, name TEXT NOT NULL, \
+     value TEXT NOT NULL, updated BIGINT NOT NULL, PRIMARY KEY (account_id, name))",
 ]];
 
 /// An account.
@@ -377,6 +387,76 @@ impl Db {
         .await
         .map_err(db_err("revoke"))?;
         Ok(())
+    }
+
+    // ------------------------------------------------------------------ custody
+
+    /// A custody record of an account.
+    pub async fn custody_get(&self, account_id: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM custody WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("custody"))?;
+        row.map(|r| {
+            b64()
+                .decode(r.get::<String, _>(0))
+                .map_err(|e| Error::Db(format!("custody: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Stores (or replaces) a custody record.
+    pub async fn custody_put(
+        &self,
+        account_id: &str,
+        name: &str,
+        value: &[u8],
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO custody (account_id, name, value, updated) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, name) DO UPDATE SET value = excluded.value, \
+             updated = excluded.updated",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(b64().encode(value))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("custody"))?;
+        Ok(())
+    }
+
+    /// Deletes a custody record; false when there was none.
+    pub async fn custody_delete(&self, account_id: &str, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM custody WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("custody"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every custody record of an account, by name.
+    pub async fn custody_all(&self, account_id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows =
+            sqlx::query("SELECT name, value FROM custody WHERE account_id = $1 ORDER BY name")
+                .bind(account_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("custody"))?;
+        rows.iter()
+            .map(|r| {
+                let v = b64()
+                    .decode(r.get::<String, _>(1))
+                    .map_err(|e| Error::Db(format!("custody: {e}")))?;
+                Ok((r.get::<String, _>(0), v))
+            })
+            .collect()
     }
 
     // ------------------------------------------------------------------ devices

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use metrics::Metrics;
+pub use routes::custody::escrow_aad as custody_escrow_aad;
 pub use routes::{AppState, Blobs};
 
 /// What can go wrong.
@@ -333,6 +334,33 @@ pub mod ops {
     /// Sets an account's quota.
     pub fn set_quota(opts: &ServeOptions, name: &str, bytes: i64) -> Result<()> {
         runtime()?.block_on(async { admin::set_quota(&db(opts).await?, name, bytes).await })
+    }
+
+    /// What the operator holds for an account's iCloud-style backup: the service's escrow
+    /// secret, the account's custody records and its repository's storage (for
+    /// `keybag serve admin restore`).
+    pub fn custody(
+        opts: &ServeOptions,
+        name: &str,
+    ) -> Result<(
+        dataprotection::Key256,
+        Vec<(String, Vec<u8>)>,
+        std::sync::Arc<dyn vault::storage::Storage>,
+    )> {
+        runtime()?.block_on(async {
+            let st = super::state(opts).await?;
+            let acct = st
+                .db
+                .account_by_name(name)
+                .await?
+                .ok_or_else(|| super::Error::Config(format!("{name}: no such account")))?;
+            let secret = admin::escrow_secret(&st.db).await?;
+            let records = st.db.custody_all(&acct.id).await?;
+            let store = st
+                .store(&acct.id)
+                .map_err(|_| super::Error::Config("the object store is unavailable".into()))?;
+            Ok((secret, records, store))
+        })
     }
 
     /// A new admin token (for the HTTP admin API).

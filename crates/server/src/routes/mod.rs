@@ -2,6 +2,7 @@
 //! and metrics, rate limits.
 
 mod account;
+pub mod custody;
 mod repo;
 
 use std::collections::HashMap;
@@ -136,19 +137,19 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn bad(m: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(m: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, m)
     }
-    fn unauthorized() -> ApiError {
+    pub(crate) fn unauthorized() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing, unknown, expired or revoked token",
         )
     }
-    fn forbidden(m: impl Into<String>) -> ApiError {
+    pub(crate) fn forbidden(m: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, m)
     }
-    fn not_found() -> ApiError {
+    pub(crate) fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not found")
     }
     fn unavailable(what: &str) -> ApiError {
@@ -378,6 +379,18 @@ pub fn router(st: Arc<AppState>) -> Router {
             get(repo::get_config)
                 .head(repo::get_config)
                 .put(repo::put_config),
+        )
+        .route("/v1/custody/escrow-key", get(custody::escrow_key))
+        .route("/v1/custody/escrow/open", post(custody::escrow_open))
+        .route("/v1/custody/records", get(custody::list))
+        .route(
+            "/v1/custody/records/{name}",
+            get(custody::get).put(custody::put).delete(custody::delete),
+        )
+        .route("/v1/contacts/{account}/key", get(custody::contact_key))
+        .route(
+            "/v1/contacts/{account}/packets",
+            put(custody::contact_packet),
         )
         .route("/v1/repo/{kind}/", get(repo::list))
         .route(
