@@ -118,6 +118,18 @@ fn for_cloud(e: &cloud::Error) -> u8 {
     }
 }
 
+fn for_icloud(e: &icloud::Error) -> u8 {
+    use icloud::Error as E;
+    match e {
+        E::Device(d) => for_device(d),
+        E::Vault(v) => for_vault(v),
+        E::NoKey(_) | E::Crypto(_) => WRONG_KEY,
+        E::Server(server::client::ClientError::WrongPassword) => WRONG_KEY,
+        E::Rollback(_) => ROLLBACK,
+        _ => OTHER,
+    }
+}
+
 /// The exit code for an error: the first cause the CLI knows decides.
 pub fn code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -138,6 +150,9 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<cloud::Error>() {
             return for_cloud(e);
+        }
+        if let Some(e) = cause.downcast_ref::<icloud::Error>() {
+            return for_icloud(e);
         }
     }
     OTHER

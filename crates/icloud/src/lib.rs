@@ -54,12 +54,37 @@ pub struct Enabled {
 /// standard custody); a later one needs the service key through `path` (e.g. approval by a
 /// trusted device, the recovery key, or the escrow).
 pub fn enable(device: &mut Device, owner: &Account, path: Option<&KeyPath<'_>>) -> Result<Enabled> {
+    enable_inner(device, owner, |o| match path {
+        Some(p) => custody::service_key(o, p),
+        None => Err(Error::NoKey(format!(
+            "{}: the account's backups are set up already: this device needs the service key \
+             (approval by a trusted device, the recovery key, or in standard custody the escrow)",
+            o.name
+        ))),
+    })
+}
+
+/// [`enable`] on an account set up already, with its service key obtained beforehand.
+pub fn enable_with_key(device: &mut Device, owner: &Account, svk: &ServiceKey) -> Result<Enabled> {
+    enable_inner(device, owner, |_| Ok(svk.clone()))
+}
+
+fn enable_inner(
+    device: &mut Device,
+    owner: &Account,
+    key: impl FnOnce(&Account) -> Result<ServiceKey>,
+) -> Result<Enabled> {
     if CloudState::load(device)?.is_some() && device.cloud_enabled() {
         return Err(Error::Invalid(format!(
             "{}: iCloud-style backup is already on (turn it off first to enrol again)",
             device.dir().display()
         )));
     }
+    // The key first: a device that cannot get it is not enrolled at all.
+    let existing = match owner.mode()? {
+        None => None,
+        Some(_) => Some(key(owner)?),
+    };
     let identity = curve::new_private();
     let identity_pub = curve::public_of(&identity);
     let v = owner
@@ -75,18 +100,9 @@ pub fn enable(device: &mut Device, owner: &Account, path: Option<&KeyPath<'_>>) 
             .ok_or_else(|| Error::Invalid("the service gave no token".into()))?
             .to_string(),
     );
-    let (svk, created) = match owner.mode()? {
+    let (svk, created) = match existing {
         None => (custody::create(owner, &device_id, &identity_pub)?, true),
-        Some(_) => {
-            let path = path.ok_or_else(|| {
-                Error::NoKey(format!(
-                    "{}: the account's backups are set up already: this device needs the \
-                     service key (approval by a trusted device, the recovery key, or in \
-                     standard custody the escrow)",
-                    owner.name
-                ))
-            })?;
-            let svk = custody::service_key(owner, path)?;
+        Some(svk) => {
             custody::trust(owner, &svk, &device_id, &identity_pub)?;
             (svk, false)
         }

@@ -99,6 +99,8 @@ pub struct ServeOptions {
     pub rate_per_token: u32,
     /// Default quota of a new account, bytes.
     pub default_quota: i64,
+    /// Write one JSON line per request to stderr (off for a server embedded in `keybag demo`).
+    pub log_requests: bool,
 }
 
 impl ServeOptions {
@@ -116,6 +118,7 @@ impl ServeOptions {
             body_budget: 96 << 20,
             rate_per_token: 500,
             default_quota: 100 << 30,
+            log_requests: true,
         }
     }
 
@@ -294,6 +297,67 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// [`serve`] on a runtime of its own: the CLI's entry point.
 pub fn run(opts: ServeOptions, ready: impl FnOnce(Ready) + Send) -> Result<()> {
     runtime()?.block_on(serve(opts, ready))
+}
+
+/// A server running on a thread of its own (for `keybag demo` and benchmarks): stopped, and
+/// its requests under way finished, when dropped.
+pub struct Background {
+    /// Where it listens, and its certificate's fingerprint.
+    pub ready: Ready,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Background {
+    /// Starts serving `opts` (its own runtime, two worker threads); returns once listening.
+    pub fn start(opts: ServeOptions) -> Result<Background> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Config(format!("runtime: {e}")))?;
+            rt.block_on(serve_until(
+                opts,
+                move |ready| {
+                    let _ = rtx.send(ready);
+                },
+                async move {
+                    let _ = rx.await;
+                },
+            ))
+        });
+        match rrx.recv() {
+            Ok(ready) => Ok(Background {
+                ready,
+                stop: Some(tx),
+                thread: Some(thread),
+            }),
+            Err(_) => Err(thread
+                .join()
+                .unwrap_or_else(|_| Err(Error::Config("the server thread panicked".into())))
+                .err()
+                .unwrap_or_else(|| Error::Config("the server did not start".into()))),
+        }
+    }
+
+    /// `https://ADDR`.
+    pub fn base(&self) -> String {
+        format!("https://{}", self.ready.addr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The operator's commands, blocking, straight on the database (`keybag serve admin …`).

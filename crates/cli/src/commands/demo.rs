@@ -180,6 +180,7 @@ pub fn run() -> Result<u8> {
     )?;
 
     device_tour(&mut out, tmp.path())?;
+    super::demo_cloud::tour(&mut out, tmp.path())?;
 
     writeln!(
         out,

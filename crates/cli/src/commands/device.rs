@@ -46,6 +46,13 @@ pub struct DirArg {
 /// The subcommands of `keybag device`.
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
+    /// iCloud-style backup of the device to a `keybag serve` account: enable, backup (in
+    /// any lock state), restore, disable.
+    Cloud {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::commands::device_cloud::DeviceCloudCommand,
+    },
     /// Create a device folder: UID, system keybag, empty store and keychain.
     Init {
         /// The folder to create (absent or empty).
@@ -344,6 +351,7 @@ fn open(dir: &Path) -> Result<Device> {
 /// Runs a `keybag device` subcommand.
 pub fn run(cmd: &DeviceCommand) -> Result<u8> {
     match cmd {
+        DeviceCommand::Cloud { command } => crate::commands::device_cloud::device(command),
         DeviceCommand::Init {
             dir,
             name,

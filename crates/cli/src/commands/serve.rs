@@ -99,6 +99,22 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AccountCommand,
     },
+    /// Restore an account's newest iCloud-style device backup onto a new device folder, from
+    /// the service's own stores: works in standard custody (the service escrows the key),
+    /// fails in end-to-end custody. What "the operator can read your backups" means.
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The new device folder to restore onto (absent or empty).
+        #[arg(long, value_name = "DIR")]
+        device: PathBuf,
+        /// A snapshot ID prefix (default: the newest).
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
     /// A new admin token for the HTTP admin API (written to FILE, mode 0600).
     Token {
         #[command(flatten)]
@@ -215,6 +231,20 @@ pub fn run(cmd: &ServeCmd) -> Result<u8> {
 fn admin(cmd: &AdminCommand) -> Result<u8> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     match cmd {
+        AdminCommand::Restore {
+            store,
+            account,
+            device,
+            snapshot,
+        } => {
+            let o = options(store, any)?;
+            return crate::commands::device_cloud::admin_restore(
+                &o,
+                account,
+                device,
+                snapshot.as_deref(),
+            );
+        }
         AdminCommand::Token { store, token_file } => {
             let o = options(store, any)?;
             let t = zeroize::Zeroizing::new(server::ops::add_admin_token(&o).map_err(server_err)?);

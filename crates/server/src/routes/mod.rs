@@ -324,16 +324,18 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
         st.metrics.bytes_out(n);
     }
     st.metrics.done(&method, &route, status, secs);
-    eprintln!(
-        "{}",
-        serde_json::json!({
-            "t": crate::admin::now(),
-            "method": method,
-            "route": route,
-            "status": status,
-            "ms": (secs * 1000.0 * 10.0).round() / 10.0,
-        })
-    );
+    if st.opts.log_requests {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "t": crate::admin::now(),
+                "method": method,
+                "route": route,
+                "status": status,
+                "ms": (secs * 1000.0 * 10.0).round() / 10.0,
+            })
+        );
+    }
     resp
 }
 

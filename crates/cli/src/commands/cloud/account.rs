@@ -101,7 +101,11 @@ fn env_secret(name: &str) -> Option<Zeroizing<Vec<u8>>> {
     (!v.is_empty()).then_some(v)
 }
 
-fn password(file: Option<&std::path::Path>, what: &str, twice: bool) -> Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn password(
+    file: Option<&std::path::Path>,
+    what: &str,
+    twice: bool,
+) -> Result<Zeroizing<Vec<u8>>> {
     if let Some(f) = file {
         return read_password_file(f, "--password-file");
     }
@@ -128,7 +132,7 @@ fn password(file: Option<&std::path::Path>, what: &str, twice: bool) -> Result<Z
 }
 
 /// A client error as the CLI reports it.
-fn client_err(e: ClientError) -> anyhow::Error {
+pub(crate) fn client_err(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::WrongPassword => exit::Failure {
             code: exit::WRONG_KEY,

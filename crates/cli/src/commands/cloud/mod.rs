@@ -2,10 +2,10 @@
 //! (crates `vault` and `cloud`). The repository's password, a recovery key and backup
 //! passwords come from files, environment variables or a prompt, never from argv.
 
-mod account;
+pub(crate) mod account;
 mod admin;
 mod repo;
-mod servers;
+pub(crate) mod servers;
 mod transfer;
 
 use anyhow::Result;
@@ -71,6 +71,36 @@ pub enum CloudCommand {
         #[command(subcommand)]
         command: account::DevicesCommand,
     },
+    /// iCloud-style device backup: switch the account's custody (`standard`: the service
+    /// escrows the key and can restore; `e2e`: only trusted devices, the recovery key and
+    /// recovery contacts can).
+    Custody {
+        /// `standard` or `e2e`.
+        #[arg(value_name = "MODE")]
+        mode: String,
+        #[command(flatten)]
+        login: crate::commands::device_cloud::DeviceLogin,
+    },
+    /// iCloud-style device backup: make a recovery key (28 characters, shown once).
+    RecoveryKey {
+        #[command(flatten)]
+        login: crate::commands::device_cloud::DeviceLogin,
+        /// Write it to FILE (must not exist) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// iCloud-style device backup: recovery contacts (add, publish, code).
+    RecoveryContact {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::commands::device_cloud::ContactCommand,
+    },
+    /// iCloud-style device backup: who can read what (files by class, keychain, metadata)
+    /// for each party, and the account's mud-puddle verdict.
+    Audit {
+        #[command(flatten)]
+        login: crate::commands::device_cloud::DeviceLogin,
+    },
 }
 
 /// A snapshot argument: an ID prefix or `latest`.
@@ -84,6 +114,16 @@ pub struct SnapshotArg {
 /// Runs one of the cloud subcommands.
 pub fn run(cmd: &CloudCommand) -> Result<u8> {
     match cmd {
+        CloudCommand::Custody { mode, login } => {
+            crate::commands::device_cloud::set_custody(mode, login)
+        }
+        CloudCommand::RecoveryKey { login, out } => {
+            crate::commands::device_cloud::recovery_key(login, out.as_deref())
+        }
+        CloudCommand::RecoveryContact { command } => {
+            crate::commands::device_cloud::contact(command)
+        }
+        CloudCommand::Audit { login } => crate::commands::device_cloud::audit(login),
         CloudCommand::Init(c) => admin::init(c),
         CloudCommand::Push(c) => transfer::push(c),
         CloudCommand::Snapshots(c) => admin::snapshots(c),
