@@ -5,6 +5,7 @@
 //! Each test file does `mod common;` and uses what it needs.
 
 pub mod forge;
+pub mod serve_proc;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
