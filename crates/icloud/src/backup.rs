@@ -140,6 +140,8 @@ pub fn backup_to(
     let export = device.cloud_export()?;
     let cache = load_cache(device);
     let writer = Writer::new(repo, progress)?;
+    // What is stored is the device's ciphertext: incompressible.
+    writer.set_compression(false);
     let failures = Mutex::new(Vec::new());
     let stored: Vec<Option<(Node, bool)>> = export
         .files

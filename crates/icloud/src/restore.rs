@@ -4,8 +4,10 @@
 //! under the target device's own class keys. Keychain items come back only to the device
 //! that made the backup: their class keys are wrapped with its UID (spec §5.2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+
+use rayon::prelude::*;
 
 use dataprotection::cbc::{pkcs7_pad_len, Decryptor, BLOCK};
 use dataprotection::{curve, Key256};
@@ -116,8 +118,7 @@ pub fn restore_snapshot(
     }
     // Folders first (with their modes), then files, then links.
     metas.sort_by_key(|(m, _)| (m.kind != 1, m.path.matches('/').count()));
-    let mut items = Vec::new();
-    let mut added: Vec<&EntryMeta> = Vec::new();
+    let mut files = Vec::new();
     let mut links = Vec::new();
     for (m, node) in &metas {
         match m.kind {
@@ -126,52 +127,64 @@ pub fn restore_snapshot(
                 report.others += 1;
             }
             2 => links.push(m),
-            _ => {
-                let Some(key) = file_key(&class_keys, m) else {
-                    report.lost.push(Left {
-                        kind: "file".into(),
-                        what: format!("{}/{}", m.domain, m.path),
-                        class: Some(m.protection_class().short_name().to_string()),
-                        reason: "its cloud-wrapped key does not unwrap with this keybag".into(),
-                    });
-                    continue;
-                };
-                let chunks = node.chunks.clone();
-                let size = m.size;
-                let opts = PutOptions {
-                    class: m.protection_class(),
-                    mode: m.mode,
-                    uid: m.uid,
-                    gid: m.gid,
-                    mtime: Some(m.mtime),
-                    exclude_from_backup: false,
-                };
-                added.push(m);
-                items.push(PutItem::<Error>::new(
-                    m.domain.clone(),
-                    m.path.clone(),
-                    opts,
-                    move || Ok(Plaintext::new(repo, chunks, key, size)),
-                ));
-            }
+            _ => match file_key(&class_keys, m) {
+                Some(key) => files.push((m, *node, key)),
+                None => report.lost.push(Left {
+                    kind: "file".into(),
+                    what: format!("{}/{}", m.domain, m.path),
+                    class: Some(m.protection_class().short_name().to_string()),
+                    reason: "its cloud-wrapped key does not unwrap with this keybag".into(),
+                }),
+            },
         }
     }
-    // A file whose content does not decrypt is reported and the others restored; anything
-    // else (the target's disk, its database) fails the restore.
-    let skip = |e: &Error| matches!(e, Error::Device(device::Error::Source { .. }));
-    let done = target.put_many_skipping(items, &skip)?;
-    for (m, r) in added.iter().zip(done.iter()) {
-        match r {
-            Ok(_) => {
-                report.files += 1;
-                report.bytes += m.size;
+    for group in groups(repo, files)? {
+        // One request per pack of the group (not one per chunk), then the group's files are
+        // decrypted and written by the device's parallel writers from memory.
+        let got: Vec<Vec<(Id, Vec<u8>)>> = group
+            .packs
+            .par_iter()
+            .map(|(pack, wanted)| repo.read_pack_blobs(pack, wanted))
+            .collect::<vault::Result<_>>()?;
+        let blobs: HashMap<Id, Vec<u8>> = got.into_iter().flatten().collect();
+        let blobs = &blobs;
+        let mut items = Vec::new();
+        for (m, node, key) in &group.files {
+            let chunks = node.chunks.clone();
+            let opts = PutOptions {
+                class: m.protection_class(),
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                mtime: Some(m.mtime),
+                exclude_from_backup: false,
+            };
+            let key = key.clone();
+            let size = m.size;
+            items.push(PutItem::<Error>::new(
+                m.domain.clone(),
+                m.path.clone(),
+                opts,
+                move || Ok(Plaintext::new(repo, blobs, chunks, key, size)),
+            ));
+        }
+        // A file whose content does not decrypt is reported and the others restored;
+        // anything else (the target's disk, its database) fails the restore.
+        let skip = |e: &Error| matches!(e, Error::Device(device::Error::Source { .. }));
+        let done = target.put_many_skipping(items, &skip)?;
+        for ((m, _, _), r) in group.files.iter().zip(done.iter()) {
+            match r {
+                Ok(_) => {
+                    report.files += 1;
+                    report.bytes += m.size;
+                }
+                Err(e) => report.lost.push(Left {
+                    kind: "file".into(),
+                    what: format!("{}/{}", m.domain, m.path),
+                    class: Some(m.protection_class().short_name().to_string()),
+                    reason: e.to_string(),
+                }),
             }
-            Err(e) => report.lost.push(Left {
-                kind: "file".into(),
-                what: format!("{}/{}", m.domain, m.path),
-                class: Some(m.protection_class().short_name().to_string()),
-                reason: e.to_string(),
-            }),
         }
     }
     for m in links {
@@ -198,6 +211,80 @@ pub fn restore_snapshot(
     Ok(report)
 }
 
+/// Most packs one group of files is read from (each up to the pack target, 16 MiB).
+const GROUP_PACKS: usize = 3;
+
+type FileJob<'a> = (&'a EntryMeta, &'a vault::tree::Node, Key256);
+
+/// Files read from a few packs, and those packs' wanted blobs.
+struct Group<'a> {
+    files: Vec<FileJob<'a>>,
+    packs: Vec<(vault::index::PackInfo, Vec<(Id, vault::index::Location)>)>,
+}
+
+/// Orders files by where their content is and cuts them into groups of at most
+/// [`GROUP_PACKS`] packs. A file spread over more packs than that is a group of its own
+/// whose chunks are read one by one (they are large: the requests are few).
+fn groups<'a>(repo: &Repository, files: Vec<FileJob<'a>>) -> Result<Vec<Group<'a>>> {
+    repo.load_index()?;
+    let ix = repo.index()?;
+    let mut located = Vec::with_capacity(files.len());
+    for f in files {
+        let mut locs = Vec::with_capacity(f.1.chunks.len());
+        for c in &f.1.chunks {
+            let l = ix.get(c).ok_or_else(|| vault::Error::Missing {
+                object: format!("blob {c}"),
+            })?;
+            locs.push((*c, l));
+        }
+        let key = locs.first().map(|(_, l)| (l.pack, l.offset));
+        located.push((key, f, locs));
+    }
+    located.sort_by_key(|(k, f, _)| (*k, f.0.domain.clone(), f.0.path.clone()));
+    let mut out: Vec<Group<'a>> = Vec::new();
+    let mut cur_files = Vec::new();
+    let mut cur: BTreeMap<u32, Vec<(Id, vault::index::Location)>> = BTreeMap::new();
+    let close = |files: &mut Vec<FileJob<'a>>,
+                 packs: &mut BTreeMap<u32, Vec<(Id, vault::index::Location)>>,
+                 out: &mut Vec<Group<'a>>| {
+        if files.is_empty() {
+            return;
+        }
+        out.push(Group {
+            files: std::mem::take(files),
+            packs: std::mem::take(packs)
+                .into_iter()
+                .map(|(p, mut w)| {
+                    w.sort_by_key(|(id, l)| (l.offset, *id));
+                    w.dedup_by_key(|(id, _)| *id);
+                    (ix.pack(p), w)
+                })
+                .collect(),
+        });
+    };
+    for (_, f, locs) in located {
+        let packs: std::collections::BTreeSet<u32> = locs.iter().map(|(_, l)| l.pack).collect();
+        if packs.len() > GROUP_PACKS {
+            close(&mut cur_files, &mut cur, &mut out);
+            out.push(Group {
+                files: vec![f],
+                packs: Vec::new(),
+            });
+            continue;
+        }
+        let after = packs.iter().filter(|p| !cur.contains_key(p)).count() + cur.len();
+        if after > GROUP_PACKS {
+            close(&mut cur_files, &mut cur, &mut out);
+        }
+        for (id, l) in locs {
+            cur.entry(l.pack).or_default().push((id, l));
+        }
+        cur_files.push(f);
+    }
+    close(&mut cur_files, &mut cur, &mut out);
+    Ok(out)
+}
+
 fn file_key(class_keys: &BTreeMap<u32, Key256>, m: &EntryMeta) -> Option<Key256> {
     let ck = class_keys.get(&m.class)?;
     curve::unwrap_with(ck, m.cloud_key.as_deref()?).ok()
@@ -207,6 +294,8 @@ fn file_key(class_keys: &BTreeMap<u32, Key256>, m: &EntryMeta) -> Option<Key256>
 /// repository: one chunk in memory at a time.
 struct Plaintext<'r> {
     repo: &'r Repository,
+    /// Blobs read ahead for this file's group (else each is read on its own).
+    ahead: &'r HashMap<Id, Vec<u8>>,
     chunks: std::vec::IntoIter<Id>,
     dec: Decryptor,
     /// Ciphertext not yet decrypted (less than a block, or the held-back last block).
@@ -220,9 +309,16 @@ struct Plaintext<'r> {
 }
 
 impl<'r> Plaintext<'r> {
-    fn new(repo: &'r Repository, chunks: Vec<Id>, key: Key256, expected: u64) -> Self {
+    fn new(
+        repo: &'r Repository,
+        ahead: &'r HashMap<Id, Vec<u8>>,
+        chunks: Vec<Id>,
+        key: Key256,
+        expected: u64,
+    ) -> Self {
         Plaintext {
             repo,
+            ahead,
             chunks: chunks.into_iter(),
             dec: Decryptor::new(&key),
             raw: Vec::new(),
@@ -240,8 +336,13 @@ impl<'r> Plaintext<'r> {
         self.pos = 0;
         match self.chunks.next() {
             Some(id) => {
-                let data = self.repo.blob(&id).map_err(|e| bad(e.to_string()))?;
-                self.raw.extend_from_slice(&data);
+                match self.ahead.get(&id) {
+                    Some(data) => self.raw.extend_from_slice(data),
+                    None => {
+                        let data = self.repo.blob(&id).map_err(|e| bad(e.to_string()))?;
+                        self.raw.extend_from_slice(&data);
+                    }
+                }
                 // Keep the last block back: it carries the padding.
                 let take = (self.raw.len().saturating_sub(1) / BLOCK) * BLOCK;
                 let mut ready: Vec<u8> = self.raw.drain(..take).collect();

@@ -61,7 +61,18 @@ fn header_aad(epoch: u32) -> Vec<u8> {
 
 /// Seals one chunk as a blob (the expensive part, done outside any lock).
 pub fn seal_blob(key: &EpochKey, id: &Id, kind: BlobKind, data: &[u8]) -> Vec<u8> {
-    seal(&key.enc, &blob_aad(id, kind), &frame_blob(data, true))
+    seal_blob_with(key, id, kind, data, true)
+}
+
+/// [`seal_blob`], zstd-compressed only when `compress` (and smaller).
+pub fn seal_blob_with(
+    key: &EpochKey,
+    id: &Id,
+    kind: BlobKind,
+    data: &[u8],
+    compress: bool,
+) -> Vec<u8> {
+    seal(&key.enc, &blob_aad(id, kind), &frame_blob(data, compress))
 }
 
 /// Opens a blob read from a pack sealed under `epoch`.

@@ -410,6 +410,41 @@ impl Repository {
         open_blob(&self.keyring, pack.epoch, &pack.id, &loc.entry(*id), sealed)
     }
 
+    /// Reads the blobs `wanted`, all in `pack`, with one request for the span that holds them
+    /// (widened like [`Repository::read_blob`]'s): a restore that needs most of a pack reads
+    /// it once rather than blob by blob.
+    pub fn read_pack_blobs(
+        &self,
+        pack: &PackInfo,
+        wanted: &[(Id, Location)],
+    ) -> Result<Vec<(Id, Vec<u8>)>> {
+        let Some(first) = wanted.iter().map(|(_, l)| l.offset as u64).min() else {
+            return Ok(Vec::new());
+        };
+        let last = wanted
+            .iter()
+            .map(|(_, l)| l.offset as u64 + l.len as u64)
+            .max()
+            .expect("not empty");
+        let (start, end) = read_window(first, last - first, pack.size);
+        let window = self
+            .storage
+            .get_range(Kind::Data, &pack.id.to_hex(), start, end - start)?;
+        wanted
+            .iter()
+            .map(|(id, loc)| {
+                let at = (loc.offset as u64 - start) as usize;
+                let sealed = window.get(at..at + loc.len as usize).ok_or_else(|| {
+                    Error::corrupt(format!("data/{}", pack.id), "shorter than its index says")
+                })?;
+                Ok((
+                    *id,
+                    open_blob(&self.keyring, pack.epoch, &pack.id, &loc.entry(*id), sealed)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Writes the content of `chunks` to `out`, in order; returns the byte count.
     pub fn read_chunks(&self, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
         let mut n = 0;

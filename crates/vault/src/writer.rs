@@ -32,7 +32,9 @@ use crate::crypto::EpochKey;
 use crate::id::Id;
 use crate::index::{IndexFile, IndexedPack};
 use crate::object::open_object;
-use crate::pack::{header_len, open_header, pack_epoch, seal_blob, BlobKind, PackWriter, HEAD_LEN};
+use crate::pack::{
+    header_len, open_header, pack_epoch, seal_blob_with, BlobKind, PackWriter, HEAD_LEN,
+};
 use crate::repo::Repository;
 use crate::snapshot::{ChainState, Snapshot, Summary};
 use crate::storage::{Kind, Storage};
@@ -72,6 +74,8 @@ pub struct Writer<'r> {
     new_bytes: AtomicU64,
     progress: Option<&'r (dyn Fn(u64) + Sync)>,
     journal: Option<Arc<dyn Storage>>,
+    /// Try zstd on data chunks (trees always are).
+    compress: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> i64 {
@@ -125,6 +129,7 @@ impl<'r> Writer<'r> {
             new_bytes: AtomicU64::new(0),
             progress,
             journal,
+            compress: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -157,6 +162,12 @@ impl<'r> Writer<'r> {
         Ok(id)
     }
 
+    /// Whether data chunks are offered to zstd (on by default). A caller that stores
+    /// ciphertext turns it off: nothing would shrink, and trying costs a pass over every byte.
+    pub fn set_compression(&self, on: bool) {
+        self.compress.store(on, Ordering::Relaxed);
+    }
+
     /// Takes the chunks of an unchanged file from an earlier snapshot without reading the
     /// file: true when the repository holds every one of them in a pack not marked for
     /// deletion (they are then checked again before the snapshot, like every chunk found in
@@ -181,7 +192,8 @@ impl<'r> Writer<'r> {
 
     /// Seals and packs one chunk (uploading the pack when full).
     fn store(&self, id: Id, kind: BlobKind, data: &[u8]) -> Result<()> {
-        let sealed = seal_blob(&self.key, &id, kind, data);
+        let compress = kind == BlobKind::Tree || self.compress.load(Ordering::Relaxed);
+        let sealed = seal_blob_with(&self.key, &id, kind, data, compress);
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
