@@ -209,6 +209,75 @@ fn device_cloud_from_the_command_line() {
     );
     assert_eq!(got, diary);
 
+    // Another new phone, approved by the trusted one (which is locked: its key is
+    // device-bound, not class-keyed).
+    ok(
+        &cfg,
+        &[
+            "device",
+            "init",
+            &p("new2"),
+            "--name",
+            "second",
+            "--passcode-file",
+            &p("pc"),
+            "--passcode-iterations",
+            "1000",
+        ],
+    );
+    let restore2 = || {
+        run(
+            &cfg,
+            &[
+                "device",
+                "cloud",
+                "restore",
+                &p("new2"),
+                "--server",
+                &srv.url,
+                "--account",
+                "alice",
+                "--password-file",
+                &p("pw"),
+                "--approved",
+            ],
+        )
+    };
+    ok(
+        &cfg,
+        &[
+            "device",
+            "cloud",
+            "request-approval",
+            &p("new2"),
+            "--server",
+            &srv.url,
+            "--account",
+            "alice",
+            "--password-file",
+            &p("pw"),
+        ],
+    );
+    let o = restore2();
+    assert_eq!(o.code, 5, "not approved yet: {}", o.stderr);
+    assert!(o.stderr.contains("not approved yet"), "{}", o.stderr);
+    let mut a = vec!["device", "cloud", "approve"];
+    a.extend(login);
+    assert!(ok(&cfg, &a).contains("approved: new-"));
+    let o = restore2();
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let got = ok(
+        &cfg,
+        &[
+            "device",
+            "get",
+            &p("new2"),
+            "HomeDomain",
+            "Library/Notes/secret-diary.txt",
+        ],
+    );
+    assert_eq!(got, diary);
+
     // Not enrolled: a clear error naming the device and what to do.
     let o = run(&cfg, &["device", "cloud", "backup", &p("new")]);
     assert_ne!(o.code, 0);

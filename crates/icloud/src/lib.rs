@@ -145,6 +145,69 @@ pub fn disable(device: &mut Device) -> Result<()> {
     CloudState::delete(device)
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    id: String,
+    identity: String,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.identity);
+    }
+}
+
+const PENDING: &str = "icloud-pending";
+
+/// A new device asks the account's trusted devices for the service key: it makes an identity
+/// key (kept device-bound) and leaves its public half as `pending.<id>`; returns the id. A
+/// trusted device then runs [`approve`], and this device gets the key with [`approved_key`].
+pub fn request_approval(device: &Device, owner: &Account) -> Result<String> {
+    let identity = curve::new_private();
+    let id = format!("new-{}", &dataprotection::Key256::random().to_hex()[..16]);
+    let p = Pending {
+        id: id.clone(),
+        identity: identity.to_hex(),
+    };
+    device.bound_save(
+        PENDING,
+        &Zeroizing::new(serde_json::to_vec(&p).expect("json")),
+    )?;
+    custody::request_approval(owner, &id, &curve::public_of(&identity))?;
+    Ok(id)
+}
+
+/// The service key, once a trusted device approved this device's request.
+pub fn approved_key(device: &Device, owner: &Account) -> Result<ServiceKey> {
+    let b = device.bound_load(PENDING)?.ok_or_else(|| {
+        Error::NoKey("this device has not asked for approval (`request-approval`)".into())
+    })?;
+    let p: Pending = serde_json::from_slice(&b)
+        .map_err(|e| Error::Invalid(format!("the device's approval request: {e}")))?;
+    let identity = dataprotection::Key256::from_hex(&p.identity)
+        .map_err(|e| Error::Invalid(format!("the device's approval request: {e}")))?;
+    custody::service_key(
+        owner,
+        &KeyPath::Trusted {
+            device: &p.id,
+            identity: &identity,
+        },
+    )
+    .map_err(|e| match e {
+        Error::NoKey(_) => Error::NoKey(format!(
+            "{}: not approved yet: run `keybag device cloud approve` on a trusted device",
+            p.id
+        )),
+        e => e,
+    })
+}
+
+/// A trusted device approves every device that asked (see [`request_approval`]).
+pub fn approve(device: &Device, owner: &Account) -> Result<Vec<String>> {
+    let svk = device_service_key(device, owner)?;
+    custody::approve_pending(owner, &svk)
+}
+
 /// The service key of an enrolled device (refreshed through its trusted-device record when
 /// another device rotated it).
 pub fn device_service_key(device: &Device, owner: &Account) -> Result<ServiceKey> {

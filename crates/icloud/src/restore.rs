@@ -118,16 +118,21 @@ pub fn restore_snapshot(
     }
     // Folders first (with their modes), then files, then links.
     metas.sort_by_key(|(m, _)| (m.kind != 1, m.path.matches('/').count()));
+    // File keys out of their cloud wraps (an X25519 agreement each), on every core.
+    let keys: Vec<Option<Key256>> = metas
+        .par_iter()
+        .map(|(m, _)| (m.kind == 0).then(|| file_key(&class_keys, m)).flatten())
+        .collect();
     let mut files = Vec::new();
     let mut links = Vec::new();
-    for (m, node) in &metas {
+    for ((m, node), key) in metas.iter().zip(keys) {
         match m.kind {
             1 => {
                 target.mkdir(&m.domain, &m.path, m.mode)?;
                 report.others += 1;
             }
             2 => links.push(m),
-            _ => match file_key(&class_keys, m) {
+            _ => match key {
                 Some(key) => files.push((m, *node, key)),
                 None => report.lost.push(Left {
                     kind: "file".into(),
@@ -138,55 +143,35 @@ pub fn restore_snapshot(
             },
         }
     }
-    for group in groups(repo, files)? {
-        // One request per pack of the group (not one per chunk), then the group's files are
-        // decrypted and written by the device's parallel writers from memory.
-        let got: Vec<Vec<(Id, Vec<u8>)>> = group
-            .packs
-            .par_iter()
-            .map(|(pack, wanted)| repo.read_pack_blobs(pack, wanted))
-            .collect::<vault::Result<_>>()?;
-        let blobs: HashMap<Id, Vec<u8>> = got.into_iter().flatten().collect();
-        let blobs = &blobs;
-        let mut items = Vec::new();
-        for (m, node, key) in &group.files {
-            let chunks = node.chunks.clone();
-            let opts = PutOptions {
-                class: m.protection_class(),
-                mode: m.mode,
-                uid: m.uid,
-                gid: m.gid,
-                mtime: Some(m.mtime),
-                exclude_from_backup: false,
-            };
-            let key = key.clone();
-            let size = m.size;
-            items.push(PutItem::<Error>::new(
-                m.domain.clone(),
-                m.path.clone(),
-                opts,
-                move || Ok(Plaintext::new(repo, blobs, chunks, key, size)),
-            ));
-        }
-        // A file whose content does not decrypt is reported and the others restored;
-        // anything else (the target's disk, its database) fails the restore.
-        let skip = |e: &Error| matches!(e, Error::Device(device::Error::Source { .. }));
-        let done = target.put_many_skipping(items, &skip)?;
-        for ((m, _, _), r) in group.files.iter().zip(done.iter()) {
-            match r {
-                Ok(_) => {
-                    report.files += 1;
-                    report.bytes += m.size;
+    // Each group's packs are read (one request per pack, not one per chunk) by a thread of
+    // its own while the group before is decrypted and written by the device's parallel
+    // writers: at most three groups in memory.
+    let groups = groups(repo, files)?;
+    let groups = &groups;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<vault::Result<HashMap<Id, Vec<u8>>>>(1);
+        scope.spawn(move || {
+            for g in groups {
+                let got = g
+                    .packs
+                    .par_iter()
+                    .map(|(pack, wanted)| repo.read_pack_blobs(pack, wanted))
+                    .collect::<vault::Result<Vec<_>>>()
+                    .map(|v| v.into_iter().flatten().collect());
+                let failed = got.is_err();
+                if tx.send(got).is_err() || failed {
+                    return;
                 }
-                Err(e) => report.lost.push(Left {
-                    kind: "file".into(),
-                    what: format!("{}/{}", m.domain, m.path),
-                    class: Some(m.protection_class().short_name().to_string()),
-                    reason: e.to_string(),
-                }),
             }
+        });
+        for group in groups {
+            let blobs = rx
+                .recv()
+                .map_err(|_| Error::Invalid("the pack reader stopped".into()))??;
+            restore_group(repo, group, &blobs, target, &mut report)?;
         }
-    }
+        Ok(())
+    })?;
     for m in links {
         target.symlink(&m.domain, &m.path, m.target.as_deref().unwrap_or_default())?;
         report.others += 1;
@@ -212,7 +197,56 @@ pub fn restore_snapshot(
 }
 
 /// Most packs one group of files is read from (each up to the pack target, 16 MiB).
-const GROUP_PACKS: usize = 3;
+const GROUP_PACKS: usize = 2;
+
+/// Decrypts and writes one group's files (their blobs read ahead into `blobs`).
+fn restore_group(
+    repo: &Repository,
+    group: &Group<'_>,
+    blobs: &HashMap<Id, Vec<u8>>,
+    target: &mut Device,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let mut items = Vec::new();
+    for (m, node, key) in &group.files {
+        let chunks = node.chunks.clone();
+        let opts = PutOptions {
+            class: m.protection_class(),
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            mtime: Some(m.mtime),
+            exclude_from_backup: false,
+        };
+        let key = key.clone();
+        let size = m.size;
+        items.push(PutItem::<Error>::new(
+            m.domain.clone(),
+            m.path.clone(),
+            opts,
+            move || Ok(Plaintext::new(repo, blobs, chunks, key, size)),
+        ));
+    }
+    // A file whose content does not decrypt is reported and the others restored; anything
+    // else (the target's disk, its database) fails the restore.
+    let skip = |e: &Error| matches!(e, Error::Device(device::Error::Source { .. }));
+    let done = target.put_many_skipping(items, &skip)?;
+    for ((m, _, _), r) in group.files.iter().zip(done.iter()) {
+        match r {
+            Ok(_) => {
+                report.files += 1;
+                report.bytes += m.size;
+            }
+            Err(e) => report.lost.push(Left {
+                kind: "file".into(),
+                what: format!("{}/{}", m.domain, m.path),
+                class: Some(m.protection_class().short_name().to_string()),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    Ok(())
+}
 
 type FileJob<'a> = (&'a EntryMeta, &'a vault::tree::Node, Key256);
 

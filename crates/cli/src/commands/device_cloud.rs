@@ -26,6 +26,10 @@ pub struct PathArgs {
     /// Ask the service's escrow (standard custody only; after a login).
     #[arg(long)]
     pub escrow: bool,
+    /// Use the approval a trusted device gave (after `keybag device cloud request-approval`
+    /// here and `keybag device cloud approve` there).
+    #[arg(long)]
+    pub approved: bool,
     /// A recovery contact's account name (with --contact-code-file).
     #[arg(long, value_name = "ACCOUNT", requires = "contact_code_file")]
     pub contact: Option<String>,
@@ -83,6 +87,26 @@ pub enum DeviceCloudCommand {
         /// A snapshot ID prefix (default: the newest device backup of the account).
         #[arg(long)]
         snapshot: Option<String>,
+    },
+    /// On a new device: ask the account's trusted devices for its key (then `approve` on one
+    /// of them, then `restore … --approved` or `enable … --approved` here).
+    RequestApproval {
+        /// The device folder.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The account password, from FILE (else KEYBAG_ACCOUNT_PASSWORD, else a prompt).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// On a trusted device: approve every device that asked.
+    Approve {
+        #[command(flatten)]
+        login: DeviceLogin,
     },
     /// Turn iCloud-style backup off: the cloud keybag and every cloud wrap are deleted.
     Disable {
@@ -174,7 +198,10 @@ fn read_text(f: &Path, what: &str) -> Result<zeroize::Zeroizing<String>> {
 }
 
 /// The service key for a device that is not trusted, by the path the flags name.
-fn by_path(acct: &Account, p: &PathArgs) -> Result<Option<icloud::ServiceKey>> {
+fn by_path(acct: &Account, p: &PathArgs, dev: &Device) -> Result<Option<icloud::ServiceKey>> {
+    if p.approved {
+        return Ok(Some(icloud::approved_key(dev, acct)?));
+    }
     if let Some(f) = &p.recovery_key_file {
         let rk = RecoveryKey::parse(&read_text(f, "--recovery-key-file")?)?;
         return Ok(Some(custody::service_key(
@@ -212,7 +239,7 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
             let mut dev = open_device(dir)?;
             let acct = login_args(server, account, password_file.as_deref())?;
             let svk_path = if acct.mode()?.is_some() {
-                by_path(&acct, path)?
+                by_path(&acct, path, &dev)?
             } else {
                 None
             };
@@ -276,7 +303,7 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
         } => {
             let mut dev = open_device(dir)?;
             let acct = login_args(server, account, password_file.as_deref())?;
-            let svk = match by_path(&acct, path)? {
+            let svk = match by_path(&acct, path, &dev)? {
                 Some(k) => k,
                 None if CloudState::load(&dev)?.is_some() => {
                     icloud::device_service_key(&dev, &acct)?
@@ -304,6 +331,32 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
                     rep.keychain.len()
                 );
                 print_left(&rep.lost, "not restored");
+            }
+        }
+        DeviceCloudCommand::RequestApproval {
+            dir,
+            server,
+            account,
+            password_file,
+        } => {
+            let dev = open_device(dir)?;
+            let acct = login_args(server, account, password_file.as_deref())?;
+            let id = icloud::request_approval(&dev, &acct)?;
+            println!(
+                "{} asked for approval as {id}: run `keybag device cloud approve --device PHONE`                  on a trusted device of {}, then `--approved` here",
+                sanitize(dev.name()),
+                sanitize(account)
+            );
+        }
+        DeviceCloudCommand::Approve { login } => {
+            let (dev, _, acct) = login_device(login)?;
+            let done = icloud::approve(&dev, &acct)?;
+            if login.json {
+                print_json(&done)?;
+            } else if done.is_empty() {
+                println!("no device is waiting for approval");
+            } else {
+                println!("approved: {}", done.join(", "));
             }
         }
         DeviceCloudCommand::Disable { dir } => {

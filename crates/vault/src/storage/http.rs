@@ -312,10 +312,28 @@ pub fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// A response body read straight into one buffer (sized from `expect` or Content-Length,
+/// capped): `bytes()` then `to_vec()` copied a 16 MiB pack twice more.
+fn read_body(
+    mut r: reqwest::blocking::Response,
+    object: &str,
+    expect: Option<u64>,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let hint = expect.or(r.content_length()).unwrap_or(0).min(64 << 20) as usize;
+    let mut v = Vec::with_capacity(hint);
+    r.read_to_end(&mut v).map_err(|e| Error::Storage {
+        op: "get",
+        object: object.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(v)
+}
+
 impl Storage for HttpStorage {
     /// Two: the next pack travels while the server stores the one before.
     fn concurrent_puts(&self) -> usize {
-        2
+        3
     }
 
     fn location(&self) -> String {
@@ -337,11 +355,7 @@ impl Storage for HttpStorage {
         let url = self.url(kind, Some(name));
         let r = self.send("get", &kind.show(name), &|| self.client.get(&url))?;
         let r = self.check("get", kind, name, r)?;
-        r.bytes().map(|b| b.to_vec()).map_err(|e| Error::Storage {
-            op: "get",
-            object: kind.show(name),
-            reason: describe(&e),
-        })
+        read_body(r, &kind.show(name), None)
     }
 
     fn get_range(&self, kind: Kind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -360,18 +374,14 @@ impl Storage for HttpStorage {
             return Err(Error::corrupt(kind.show(name), "range outside the object"));
         }
         let r = self.check("get", kind, name, r)?;
-        let b = r.bytes().map_err(|e| Error::Storage {
-            op: "get",
-            object: kind.show(name),
-            reason: describe(&e),
-        })?;
+        let b = read_body(r, &kind.show(name), Some(len))?;
         if b.len() as u64 != len {
             return Err(Error::corrupt(
                 kind.show(name),
                 format!("asked {len} bytes at {offset}, got {}", b.len()),
             ));
         }
-        Ok(b.to_vec())
+        Ok(b)
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<(String, u64)>> {
