@@ -4,7 +4,7 @@
 //!
 //! Pure functions of bytes and keys: no I/O.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -151,6 +151,13 @@ fn zstd_compress(data: &[u8]) -> Vec<u8> {
 /// PADME-aligned windows ([`crate::Repository::read_blob`]). Blobs written padded by earlier
 /// versions (zeros after the payload) still unframe.
 pub fn frame_blob(data: &[u8], compress: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame_into(&mut out, data, compress);
+    out
+}
+
+/// Appends [`frame_blob`]`(data, compress)` to `out`.
+fn frame_into(out: &mut Vec<u8>, data: &[u8], compress: bool) {
     let packed;
     let (format, payload): (u8, &[u8]) = if compress && data.len() >= 64 {
         packed = zstd_compress(data);
@@ -162,11 +169,45 @@ pub fn frame_blob(data: &[u8], compress: bool) -> Vec<u8> {
     } else {
         (RAW, data)
     };
-    let mut out = Vec::with_capacity(5 + payload.len());
+    out.reserve(5 + payload.len() + 16);
     out.push(format);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// `seal(key, aad, &frame_blob(data, compress))`, framed and encrypted in one buffer: the
+/// data is copied once (three copies and allocations per blob made 1 GB pushes pay for
+/// 3 GB of memory traffic).
+pub fn seal_framed(key: &Key32, aad: &[u8], data: &[u8], compress: bool) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new((&key.0).into());
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(24 + 5 + data.len() + 16);
+    out.extend_from_slice(&nonce);
+    frame_into(&mut out, data, compress);
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[24..])
+        .expect("XChaCha20-Poly1305 takes any length");
+    out.extend_from_slice(&tag);
     out
+}
+
+/// [`unframe_blob`] of an owned frame: a raw payload is moved to the front of the same
+/// buffer rather than copied into a new one.
+pub fn unframe_owned(mut framed: Vec<u8>, raw_len: usize) -> Result<Vec<u8>, String> {
+    if framed.first() != Some(&RAW) || framed.len() < 5 {
+        return unframe_blob(&framed, raw_len);
+    }
+    let len = u32::from_le_bytes(framed[1..5].try_into().expect("4")) as usize;
+    if 5 + len > framed.len() {
+        return Err("blob frame length runs past its end".into());
+    }
+    if len != raw_len {
+        return Err(format!("blob holds {len} bytes, the index says {raw_len}"));
+    }
+    framed.copy_within(5..5 + len, 0);
+    framed.truncate(len);
+    Ok(framed)
 }
 
 /// The data of a framed blob ([`frame_blob`]); `raw_len` is what the index says it holds.
@@ -197,6 +238,31 @@ pub fn unframe_blob(framed: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn seal_framed_is_seal_of_the_frame() {
+        let k = Key32([7; 32]);
+        for (data, compress) in [
+            (vec![1u8; 100_000], true),
+            (vec![1u8; 100_000], false),
+            (
+                (0..70_000u32)
+                    .map(|i| (i * 2_654_435_761u32 >> 13) as u8)
+                    .collect(),
+                true,
+            ),
+            (Vec::new(), true),
+        ] {
+            let s = seal_framed(&k, b"aad", &data, compress);
+            let framed = open(&k, b"aad", &s).unwrap();
+            assert_eq!(framed, frame_blob(&data, compress));
+            assert_eq!(unframe_blob(&framed, data.len()).unwrap(), data);
+            assert_eq!(unframe_owned(framed.clone(), data.len()).unwrap(), data);
+            assert!(unframe_owned(framed, data.len() + 1).is_err());
+            assert!(open(&k, b"other", &s).is_none());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@
 //! plain length) is sealed too and sits at the end, so a writer streams blobs out and a reader
 //! finds the header with two range reads. A pack is named by the BLAKE3 hash of its bytes.
 
-use crate::crypto::{frame_blob, open, padme, seal, unframe_blob, EpochKey, SEAL_OVERHEAD};
+use crate::crypto::{open, padme, seal, EpochKey, SEAL_OVERHEAD};
 use crate::id::Id;
 use crate::keys::Keyring;
 use crate::{Error, Result};
@@ -72,7 +72,7 @@ pub fn seal_blob_with(
     data: &[u8],
     compress: bool,
 ) -> Vec<u8> {
-    seal(&key.enc, &blob_aad(id, kind), &frame_blob(data, compress))
+    crate::crypto::seal_framed(&key.enc, &blob_aad(id, kind), data, compress)
 }
 
 /// Opens a blob read from a pack sealed under `epoch`.
@@ -92,7 +92,7 @@ pub fn open_blob(
     // The seal binds the content to its ID and kind (associated data), and only a holder of
     // the keys can seal: no second hash of the plaintext is needed (and a blob re-sealed under
     // a newer epoch keeps the ID its first epoch's key gave it).
-    unframe_blob(&framed, e.raw_len as usize).map_err(|r| Error::corrupt(&what, r))
+    crate::crypto::unframe_owned(framed, e.raw_len as usize).map_err(|r| Error::corrupt(&what, r))
 }
 
 /// A pack being filled.

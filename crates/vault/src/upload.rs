@@ -207,7 +207,15 @@ fn store(
     if shared.failed.lock().expect("lock").is_some() {
         return;
     }
-    if let Err(e) = storage.put(Kind::Data, &pack.name.to_hex(), &pack.bytes) {
+    let size = pack.bytes.len() as u64;
+    let (r, back) = storage.put_buf(Kind::Data, &pack.name.to_hex(), pack.bytes);
+    if let Some(buf) = back {
+        let mut pool = shared.pool.lock().expect("lock");
+        if pool.len() < shared.pool_max {
+            pool.push(buf);
+        }
+    }
+    if let Err(e) = r {
         shared
             .failed
             .lock()
@@ -218,21 +226,13 @@ fn store(
             });
         return;
     }
-    shared
-        .stored_bytes
-        .fetch_add(pack.bytes.len() as u64, Ordering::Relaxed);
+    shared.stored_bytes.fetch_add(size, Ordering::Relaxed);
     let entry = IndexedPack {
         pack: pack.name,
         epoch: pack.epoch,
-        size: pack.bytes.len() as u64,
+        size,
         blobs: pack.blobs,
     };
-    {
-        let mut pool = shared.pool.lock().expect("lock");
-        if pool.len() < shared.pool_max {
-            pool.push(pack.bytes);
-        }
-    }
     if let Some(j) = journal {
         // Best effort: without the entry a resumed push reads the header, or stores the
         // pack's chunks again; never wrong, only slower.

@@ -331,7 +331,7 @@ fn read_body(
 }
 
 impl Storage for HttpStorage {
-    /// Two: the next pack travels while the server stores the one before.
+    /// Three: the next packs travel while the server stores (and fsyncs) the one before.
     fn concurrent_puts(&self) -> usize {
         3
     }
@@ -348,6 +348,22 @@ impl Storage for HttpStorage {
             self.client.put(&url).body(body.clone())
         })?;
         self.check("put", kind, name, r).map(|_| ())
+    }
+
+    fn put_buf(&self, kind: Kind, name: &str, data: Vec<u8>) -> (Result<()>, Option<Vec<u8>>) {
+        if let Err(e) = check_name(kind, name) {
+            return (Err(e), Some(data));
+        }
+        let url = self.url(kind, Some(name));
+        // The body shares the buffer (no copy); once the request is done it is ours again.
+        let body = bytes::Bytes::from(data);
+        let r = self
+            .send("put", &kind.show(name), &|| {
+                self.client.put(&url).body(body.clone())
+            })
+            .and_then(|r| self.check("put", kind, name, r).map(|_| ()));
+        let back = body.try_into_mut().ok().map(Vec::from);
+        (r, back)
     }
 
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>> {

@@ -75,6 +75,13 @@ pub trait Storage: Send + Sync {
     /// Stores an object (replacing one of the same name: names are content hashes, so the
     /// bytes are the same).
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<()>;
+    /// [`Storage::put`] of an owned buffer, handed back when the backend is done with it (for
+    /// reuse: a 16 MiB pack buffer allocated afresh for every put costs page faults). A
+    /// backend that copies anyway keeps the default.
+    fn put_buf(&self, kind: Kind, name: &str, data: Vec<u8>) -> (Result<()>, Option<Vec<u8>>) {
+        let r = self.put(kind, name, &data);
+        (r, Some(data))
+    }
     /// Reads a whole object; [`Error::Missing`] when it does not exist.
     fn get(&self, kind: Kind, name: &str) -> Result<Vec<u8>>;
     /// Reads `len` bytes at `offset`; an error if the object is shorter.
