@@ -247,7 +247,7 @@ mod tests {
             (vec![1u8; 100_000], false),
             (
                 (0..70_000u32)
-                    .map(|i| (i * 2_654_435_761u32 >> 13) as u8)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
                     .collect(),
                 true,
             ),

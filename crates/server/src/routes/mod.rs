@@ -90,6 +90,15 @@ impl AppState {
         Ok(s)
     }
 
+    /// The folder storage of one account, when objects are kept in folders (uploads are then
+    /// streamed to disk rather than held in memory).
+    pub fn folder(&self, account_id: &str) -> Option<vault::storage::LocalStorage> {
+        match &self.blobs {
+            Blobs::Folder(dir) => Some(vault::storage::LocalStorage::new(dir.join(account_id))),
+            Blobs::S3(_) => None,
+        }
+    }
+
     /// Takes one request from a token's bucket; false when it is empty.
     fn allow(&self, key: &str) -> bool {
         let rate = f64::from(self.opts.rate_per_token.max(1));

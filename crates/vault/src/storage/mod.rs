@@ -13,7 +13,7 @@ pub use http::{
     client as http_client, describe as describe_http_error, probe_fingerprint, HttpSettings,
     HttpStorage,
 };
-pub use local::LocalStorage;
+pub use local::{LocalStorage, PutFile};
 pub use s3::{S3Settings, S3Storage};
 
 use crate::{Error, Result};
