@@ -965,9 +965,15 @@ pub(crate) fn left_out_skip(e: &crate::Entry, flagged_dirs: &[(String, String)])
     if e.exclude_from_backup {
         return skip("flagged exclude-from-backup".into());
     }
-    let in_flagged = flagged_dirs
-        .iter()
-        .any(|(d, p)| *d == e.domain && (p.is_empty() || e.path.starts_with(&format!("{p}/"))));
+    // No allocation per pair: a device has thousands of entries and every app two flagged
+    // folders (Library/Caches, tmp).
+    let in_flagged = flagged_dirs.iter().any(|(d, p)| {
+        *d == e.domain
+            && (p.is_empty()
+                || (e.path.len() > p.len()
+                    && e.path.starts_with(p.as_str())
+                    && e.path.as_bytes()[p.len()] == b'/'))
+    });
     if in_flagged {
         return skip("inside a folder flagged exclude-from-backup".into());
     }

@@ -96,19 +96,28 @@ pub fn backup(device: &Device, progress: Option<&(dyn Fn(u64) + Sync)>) -> Resul
             "the service's keybag record is not this device's keybag".into(),
         ));
     }
+    let newer_keybag = kb.generation != state.keybag_generation;
     state.keybag_generation = kb.generation;
-    let seen = newest_seq(&repo, &state.device_id)?;
-    if seen.map_or(0, |s| s + 1) < state.last_seq {
-        return Err(Error::Rollback(format!(
-            "the service's newest snapshot of this device is #{}, #{} was made",
-            seen.map_or(0, |s| s + 1),
-            state.last_seq
-        )));
+    // The vault refuses to commit on a chain older than this device saw (rollback).
+    let chains = chain_state_path(device);
+    let report = backup_to(
+        &repo,
+        device,
+        &state.device_id,
+        local,
+        progress,
+        Some(&chains),
+    )?;
+    if newer_keybag {
+        state.save(device)?;
     }
-    let report = backup_to(&repo, device, &state.device_id, local, progress)?;
-    state.last_seq = report.seq + 1;
-    state.save(device)?;
     Ok(report)
+}
+
+/// Where the device keeps the newest snapshot of each chain it has seen (not secret:
+/// snapshot ids and sequence numbers).
+pub fn chain_state_path(device: &Device) -> std::path::PathBuf {
+    device.dir().join("secure").join("icloud-chains.json")
 }
 
 /// The UUID of a keybag TLV (hex).
@@ -119,23 +128,15 @@ pub fn keybag_uuid(tlv: &[u8]) -> Result<String> {
         .ok_or_else(|| Error::Crypto("a cloud keybag without a UUID".into()))
 }
 
-/// The newest snapshot sequence number of `chain`.
-pub fn newest_seq(repo: &Repository, chain: &str) -> Result<Option<u64>> {
-    Ok(repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| s.chain == chain)
-        .map(|(_, s)| s.seq)
-        .max())
-}
-
-/// One snapshot of `device` into `repo` on `chain` (the device's cloud keybag is `keybag`).
+/// One snapshot of `device` into `repo` on `chain` (the device's cloud keybag is `keybag`);
+/// `chains` is the client's record of the newest snapshot of each chain (rollback check).
 pub fn backup_to(
     repo: &Repository,
     device: &Device,
     chain: &str,
     keybag: &[u8],
     progress: Option<&(dyn Fn(u64) + Sync)>,
+    chains: Option<&std::path::Path>,
 ) -> Result<BackupReport> {
     let export = device.cloud_export()?;
     let cache = load_cache(device);
@@ -261,9 +262,12 @@ pub fn backup_to(
             tags,
             time_ms: None,
         },
-        None,
+        chains,
     )?;
-    device.bound_save(CACHE, &postcard::to_stdvec(&next).expect("serializable"))?;
+    // Unchanged: nothing to rewrite (and no fsync).
+    if next.files != cache.files {
+        device.bound_save(CACHE, &postcard::to_stdvec(&next).expect("serializable"))?;
+    }
     report.snapshot = id.short();
     report.seq = snap.seq;
     report.stored_bytes = snap.summary.stored_bytes;

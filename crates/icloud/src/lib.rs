@@ -127,7 +127,6 @@ fn enable_inner(
         generation: svk.generation,
         identity: identity.to_hex(),
         keybag_generation: 1,
-        last_seq: 0,
     };
     state.save(device)?;
     Ok(Enabled {
@@ -142,6 +141,11 @@ fn enable_inner(
 /// now on are in no backup), and its state; the account keeps its snapshots.
 pub fn disable(device: &mut Device) -> Result<()> {
     device.cloud_disable()?;
+    let chains = backup::chain_state_path(device);
+    if chains.is_file() {
+        std::fs::remove_file(&chains)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", chains.display())))?;
+    }
     CloudState::delete(device)
 }
 

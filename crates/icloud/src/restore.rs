@@ -67,6 +67,12 @@ pub fn restore(
     chain: Option<&str>,
 ) -> Result<RestoreReport> {
     let repo = open_repo(acct.storage()?, svk)?;
+    // Restoring onto the device that made the backups: it knows how far its chain went, and
+    // an older "latest" is a rollback.
+    let chains = crate::backup::chain_state_path(target);
+    if chains.is_file() {
+        vault::snapshot::ChainState::load(&chains)?.observe(&repo.snapshots()?)?;
+    }
     let (id, snap) = pick(&repo, spec, chain)?;
     let kb = acct.keybag(svk, &snap.chain)?.ok_or_else(|| {
         Error::Invalid(format!(

@@ -1,8 +1,9 @@
 //! What an enrolled device remembers of its cloud backup, kept device-bound
 //! ([`device::Device::bound_save`]: sealed under a UID-derived key, readable in every lock
 //! state, by this device only): the service, the account, its backup token, the service key
-//! and its generation, its identity key, and the newest keybag and snapshot it has seen (to
-//! detect a server that rolls either back).
+//! and its generation, its identity key, and the newest keybag generation it has seen (to
+//! detect a server that rolls it back; snapshots are checked by the vault's chain state,
+//! [`crate::backup::chain_state_path`]).
 
 use dataprotection::Key256;
 use device::Device;
@@ -35,8 +36,6 @@ pub struct CloudState {
     pub identity: String,
     /// The newest generation of this device's keybag record seen.
     pub keybag_generation: u64,
-    /// The newest snapshot sequence number of this device's chain seen.
-    pub last_seq: u64,
 }
 
 impl Drop for CloudState {

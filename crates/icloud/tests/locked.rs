@@ -146,5 +146,8 @@ fn a_server_serving_an_older_keybag_or_snapshot_is_caught() {
     newest.sort();
     std::fs::remove_file(&newest.last().unwrap().1).unwrap();
     let e = icloud::backup::backup(&phone, None).unwrap_err();
-    assert!(matches!(e, icloud::Error::Rollback(_)), "{e}");
+    assert!(
+        matches!(e, icloud::Error::Vault(vault::Error::Rollback(_))),
+        "{e}"
+    );
 }
