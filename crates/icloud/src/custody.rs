@@ -96,7 +96,7 @@ impl Account {
         token: Zeroizing<String>,
     ) -> Result<Account> {
         Ok(Account {
-            client: ServerClient::new(base, fingerprint)?,
+            client: shared_client(base, fingerprint)?,
             base: base.trim_end_matches('/').to_string(),
             fingerprint: fingerprint.map(str::to_owned),
             name: name.to_string(),
@@ -111,7 +111,7 @@ impl Account {
         name: &str,
         password: &[u8],
     ) -> Result<Account> {
-        let client = ServerClient::new(base, fingerprint)?;
+        let client = shared_client(base, fingerprint)?;
         let s = client.login(name, password)?;
         Ok(Account {
             client,
@@ -122,10 +122,14 @@ impl Account {
         })
     }
 
-    /// The account's repository storage, through this session's token.
+    /// The account's repository storage, through this session's token (and the account
+    /// API's connections: one TLS handshake for both).
     pub fn storage(&self) -> Result<Arc<dyn Storage>> {
         let s = HttpSettings::new(&self.base, self.token.clone(), self.fingerprint.clone());
-        Ok(Arc::new(HttpStorage::new(s)?))
+        Ok(Arc::new(HttpStorage::with_client(
+            s,
+            self.client.http().clone(),
+        )?))
     }
 
     /// A record.
@@ -176,6 +180,18 @@ impl Account {
     pub fn put_keybag(&self, svk: &ServiceKey, device: &str, rec: &KeybagRecord) -> Result<()> {
         self.put(&format!("keybag.{device}"), &keys::seal_keybag(svk, rec))
     }
+}
+
+/// An account API client whose connections the repository storage shares (its timeout is
+/// the storage's: a pack upload may take longer than an API call).
+fn shared_client(base: &str, fingerprint: Option<&str>) -> Result<ServerClient> {
+    let base = base.trim_end_matches('/');
+    let http = vault::storage::http_client(
+        base,
+        fingerprint,
+        HttpSettings::new(base, Zeroizing::new(String::new()), None).timeout,
+    )?;
+    Ok(ServerClient::with_client(base, http))
 }
 
 /// How a party gets the service key.

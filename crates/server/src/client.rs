@@ -80,6 +80,20 @@ impl ServerClient {
         Ok(ServerClient { base, http })
     }
 
+    /// Over a client made already (by [`vault::storage::http_client`], pinned to `base`'s
+    /// certificate): one connection pool with the repository storage of the same server.
+    pub fn with_client(base: &str, http: Client) -> ServerClient {
+        ServerClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    /// The HTTP client (to share its connections).
+    pub fn http(&self) -> &Client {
+        &self.http
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -229,6 +229,19 @@ impl HttpStorage {
         })
     }
 
+    /// [`HttpStorage::new`] over a client made already by [`client`] for the same server (one
+    /// connection pool, one TLS handshake, for a program that also talks to the server's
+    /// other APIs); `settings.fingerprint` and `timeout` are the client's then.
+    pub fn with_client(settings: HttpSettings, client: Client) -> Result<HttpStorage> {
+        check_base(&settings.base)?;
+        Ok(HttpStorage {
+            client,
+            base: settings.base,
+            token: settings.token,
+            retries: settings.retries,
+        })
+    }
+
     fn url(&self, kind: Kind, name: Option<&str>) -> String {
         match (kind, name) {
             (Kind::Config, _) => format!("{}/v1/repo/config", self.base),
