@@ -16,6 +16,9 @@ use crate::error::{db, io, Error, Result};
 use crate::store::{blob_path, check, check_blob_id, db_path, StoredBlob, CHUNK};
 use crate::{Device, PutOptions};
 
+/// A written blob: its wrapped key, its cloud wrap, its id and its plaintext length.
+type WrittenBlob = (Vec<u8>, Option<Vec<u8>>, String, u64);
+
 /// Most workers a batch starts (more only contend for the disk).
 const MAX_WORKERS: usize = 8;
 
@@ -285,7 +288,7 @@ impl Device {
         opts: &PutOptions,
         open: OpenContent<'_, E>,
         buf: &mut [u8],
-    ) -> Result<(Vec<u8>, Option<Vec<u8>>, String, u64), E>
+    ) -> Result<WrittenBlob, E>
     where
         E: From<Error>,
     {

@@ -13,6 +13,9 @@ use crate::error::{damaged, db, io, Error, Result};
 use crate::sep::{class_b_unwrap, class_b_wrap};
 use crate::{Device, Entry, EntryKind, PutOptions};
 
+/// An entry, its blob id and its cloud wrap.
+pub(crate) type EntryWithCloud = (Entry, Option<String>, Option<Vec<u8>>);
+
 /// Streaming chunk size.
 pub(crate) const CHUNK: usize = 1 << 20;
 
@@ -347,6 +350,7 @@ impl Device {
     }
 
     /// Inserts or replaces the row; returns the replaced blob id.
+    #[allow(clippy::too_many_arguments)]
     fn index_file(
         &self,
         domain: &str,
@@ -612,9 +616,7 @@ impl Device {
     }
 
     /// Every entry with its blob id and cloud wrap, in domain and path order.
-    pub(crate) fn entries_with_cloud_keys(
-        &self,
-    ) -> Result<Vec<(Entry, Option<String>, Option<Vec<u8>>)>> {
+    pub(crate) fn entries_with_cloud_keys(&self) -> Result<Vec<EntryWithCloud>> {
         let dbp = db_path(&self.dir);
         let conn = self.store_db();
         let mut stmt = conn

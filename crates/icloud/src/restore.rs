@@ -53,7 +53,7 @@ pub fn pick(
     repo.snapshots()?
         .into_iter()
         .filter(|(_, s)| s.tags.get("kind").map(String::as_str) == Some("icloud-device"))
-        .filter(|(_, s)| chain.map_or(true, |c| s.chain == c))
+        .filter(|(_, s)| chain.is_none_or(|c| s.chain == c))
         .max_by_key(|(id, s)| (s.time_ms, s.seq, *id))
         .ok_or_else(|| Error::Invalid("the account holds no device cloud backup".into()))
 }
@@ -393,7 +393,7 @@ impl<'r> Plaintext<'r> {
             }
             None => {
                 self.done = true;
-                if self.raw.is_empty() || self.raw.len() % BLOCK != 0 {
+                if self.raw.is_empty() || !self.raw.len().is_multiple_of(BLOCK) {
                     return Err(bad("the stored ciphertext is not whole blocks".into()));
                 }
                 let mut last = std::mem::take(&mut self.raw);

@@ -400,17 +400,17 @@ pub mod ops {
         runtime()?.block_on(async { admin::set_quota(&db(opts).await?, name, bytes).await })
     }
 
-    /// What the operator holds for an account's iCloud-style backup: the service's escrow
-    /// secret, the account's custody records and its repository's storage (for
-    /// `keybag serve admin restore`).
-    pub fn custody(
-        opts: &ServeOptions,
-        name: &str,
-    ) -> Result<(
+    /// The service's escrow secret, an account's custody records and its repository storage.
+    pub type Custody = (
         dataprotection::Key256,
         Vec<(String, Vec<u8>)>,
         std::sync::Arc<dyn vault::storage::Storage>,
-    )> {
+    );
+
+    /// What the operator holds for an account's iCloud-style backup: the service's escrow
+    /// secret, the account's custody records and its repository's storage (for
+    /// `keybag serve admin restore`).
+    pub fn custody(opts: &ServeOptions, name: &str) -> Result<Custody> {
         runtime()?.block_on(async {
             let st = super::state(opts).await?;
             let acct = st
