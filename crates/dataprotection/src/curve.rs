@@ -154,7 +154,7 @@ mod tests {
                 .unwrap();
         assert_eq!(
             hex::encode(public_of(&alice)),
-            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4b4a9e0d7a37a"
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
         );
     }
 }
