@@ -233,8 +233,8 @@ impl Device {
     /// Turns iCloud Backup on: makes the cloud keybag (fresh class keys, a random keybag key
     /// returned and not kept) and gives every file a backup takes, and every keychain item
     /// but akpu, its cloud wrap. Needs the device unlocked (the existing keys must be
-    /// unwrapped once). Already on: the keybag is kept and only missing wraps are added (the
-    /// keybag key is then not known: `keybag_key` is the zero key and `keybag` the old bag).
+    /// unwrapped once). Already on: the old keybag and its wraps are replaced (its keybag key
+    /// was not kept, so it cannot be handed out again).
     pub fn cloud_enable(&mut self) -> Result<CloudEnabled> {
         if self.state != LockState::Unlocked {
             return Err(Error::ClassUnavailable {
@@ -242,9 +242,11 @@ impl Device {
                 state: self.state,
             });
         }
-        let mut keybag_key = Key256::from_bytes([0; 32]);
-        if self.cloud.is_none() {
-            keybag_key = Key256::random();
+        if self.cloud.is_some() {
+            self.cloud_disable()?;
+        }
+        let keybag_key = Key256::random();
+        {
             let kek = self.uid.derive(label::CLOUD_KEYCHAIN);
             let mut kb = Keybag {
                 version: Some(4),

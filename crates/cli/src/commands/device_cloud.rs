@@ -38,6 +38,19 @@ pub struct PathArgs {
     pub contact_code_file: Option<PathBuf>,
 }
 
+/// A service, an account on it and the account's password.
+#[derive(Debug, Args)]
+pub struct AccountLogin {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The account.
+    #[arg(long)]
+    pub account: String,
+    /// The account password, from FILE (else KEYBAG_ACCOUNT_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
 /// `keybag device cloud …`.
 #[derive(Debug, Subcommand)]
 pub enum DeviceCloudCommand {
@@ -49,13 +62,7 @@ pub enum DeviceCloudCommand {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
         #[command(flatten)]
-        server: ServerArgs,
-        /// The account.
-        #[arg(long)]
-        account: String,
-        /// The account password, from FILE (else KEYBAG_ACCOUNT_PASSWORD, else a prompt).
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<PathBuf>,
+        login: AccountLogin,
         #[command(flatten)]
         path: PathArgs,
     },
@@ -75,13 +82,7 @@ pub enum DeviceCloudCommand {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
         #[command(flatten)]
-        server: ServerArgs,
-        /// The account.
-        #[arg(long)]
-        account: String,
-        /// The account password, from FILE (else KEYBAG_ACCOUNT_PASSWORD, else a prompt).
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<PathBuf>,
+        login: AccountLogin,
         #[command(flatten)]
         path: PathArgs,
         /// A snapshot ID prefix (default: the newest device backup of the account).
@@ -95,13 +96,7 @@ pub enum DeviceCloudCommand {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
         #[command(flatten)]
-        server: ServerArgs,
-        /// The account.
-        #[arg(long)]
-        account: String,
-        /// The account password, from FILE (else KEYBAG_ACCOUNT_PASSWORD, else a prompt).
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<PathBuf>,
+        login: AccountLogin,
     },
     /// On a trusted device: approve every device that asked.
     Approve {
@@ -169,12 +164,12 @@ fn login_at(base: &str, fp: Option<&str>, account: &str, pw: Option<&Path>) -> R
     })
 }
 
-fn login_args(args: &ServerArgs, account: &str, pw: Option<&Path>) -> Result<Account> {
+fn login_args(l: &AccountLogin) -> Result<Account> {
     let mut servers = Servers::load()?;
-    let base = servers::base(&args.server)?;
-    let fp = servers::pin(&base, args.server_fingerprint.as_deref(), &mut servers)?;
+    let base = servers::base(&l.server.server)?;
+    let fp = servers::pin(&base, l.server.server_fingerprint.as_deref(), &mut servers)?;
     servers.save()?;
-    login_at(&base, fp.as_deref(), account, pw)
+    login_at(&base, fp.as_deref(), &l.account, l.password_file.as_deref())
 }
 
 /// Logs in to the account of an enrolled device.
@@ -229,15 +224,9 @@ fn by_path(acct: &Account, p: &PathArgs, dev: &Device) -> Result<Option<icloud::
 /// Runs `keybag device cloud …`.
 pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
     match cmd {
-        DeviceCloudCommand::Enable {
-            dir,
-            server,
-            account,
-            password_file,
-            path,
-        } => {
+        DeviceCloudCommand::Enable { dir, login, path } => {
             let mut dev = open_device(dir)?;
-            let acct = login_args(server, account, password_file.as_deref())?;
+            let acct = login_args(login)?;
             let svk_path = if acct.mode()?.is_some() {
                 by_path(&acct, path, &dev)?
             } else {
@@ -247,7 +236,7 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
                 None => icloud::enable(&mut dev, &acct, None)?,
                 Some(svk) => icloud::enable_with_key(&mut dev, &acct, svk)?,
             };
-            if server.json {
+            if login.server.json {
                 print_json(&en)?;
             } else {
                 println!(
@@ -255,7 +244,7 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
                      keychain items got their cloud wrap. Back up in any lock state with \
                      `keybag device cloud backup`.",
                     sanitize(dev.name()),
-                    sanitize(account),
+                    sanitize(&login.account),
                     &en.device_id[..8.min(en.device_id.len())],
                     if en.created {
                         ": the account is set up in standard custody (the service can restore; \
@@ -295,14 +284,12 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
         }
         DeviceCloudCommand::Restore {
             dir,
-            server,
-            account,
-            password_file,
+            login,
             path,
             snapshot,
         } => {
             let mut dev = open_device(dir)?;
-            let acct = login_args(server, account, password_file.as_deref())?;
+            let acct = login_args(login)?;
             let svk = match by_path(&acct, path, &dev)? {
                 Some(k) => k,
                 None if CloudState::load(&dev)?.is_some() => {
@@ -316,7 +303,7 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
                 }
             };
             let rep = icloud::restore::restore(&acct, &svk, &mut dev, snapshot.as_deref(), None)?;
-            if server.json {
+            if login.server.json {
                 print_json(&rep)?;
             } else {
                 println!(
@@ -333,19 +320,14 @@ pub fn device(cmd: &DeviceCloudCommand) -> Result<u8> {
                 print_left(&rep.lost, "not restored");
             }
         }
-        DeviceCloudCommand::RequestApproval {
-            dir,
-            server,
-            account,
-            password_file,
-        } => {
+        DeviceCloudCommand::RequestApproval { dir, login } => {
             let dev = open_device(dir)?;
-            let acct = login_args(server, account, password_file.as_deref())?;
+            let acct = login_args(login)?;
             let id = icloud::request_approval(&dev, &acct)?;
             println!(
                 "{} asked for approval as {id}: run `keybag device cloud approve --device PHONE`                  on a trusted device of {}, then `--approved` here",
                 sanitize(dev.name()),
-                sanitize(account)
+                sanitize(&login.account)
             );
         }
         DeviceCloudCommand::Approve { login } => {

@@ -240,7 +240,7 @@ async fn put_streamed(
         return Err(too_large());
     }
     let _permit = st.reserve(PIECE as u64).await;
-    let folder = Arc::new(folder);
+    let folder: Arc<vault::storage::LocalStorage> = Arc::new(folder);
     let (f, n) = (folder.clone(), name.clone());
     let mut file = blocking(move || f.begin_put(k, &n)).await?;
     let mut hasher = blake3::Hasher::new();
@@ -271,15 +271,32 @@ async fn put_streamed(
             "the body does not hash to the object's name (damaged or incomplete upload)",
         ));
     }
-    let account = caller.account()?.to_string();
+    let existed = admit(st, caller, folder, k, &name, total as i64).await?;
+    blocking(move || {
+        file.write(&piece)?;
+        file.commit()
+    })
+    .await?;
+    stored(st, caller, k, existed, total as i64).await
+}
+
+/// Whether `name` exists already (its bytes are then not counted again), after checking that
+/// a new object of `len` bytes fits the caller's account's quota (507 when not).
+async fn admit(
+    st: &Arc<AppState>,
+    caller: &Caller,
+    store: Arc<dyn Storage>,
+    k: Kind,
+    name: &str,
+    len: i64,
+) -> Result<bool, ApiError> {
     let acct = st
         .db
-        .account(&account)
+        .account(caller.account()?)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    let (s, n) = (folder.clone(), name.clone());
-    let existed = blocking(move || s.size(k, &n)).await?.is_some();
-    let len = total as i64;
+    let n = name.to_string();
+    let existed = blocking(move || store.size(k, &n)).await?.is_some();
     if !existed && acct.used_bytes + len > acct.quota_bytes {
         return Err(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
@@ -289,13 +306,19 @@ async fn put_streamed(
             ),
         ));
     }
-    blocking(move || {
-        file.write(&piece)?;
-        file.commit()
-    })
-    .await?;
+    Ok(existed)
+}
+
+/// After an object is stored: the account's usage, the device's last activity.
+async fn stored(
+    st: &Arc<AppState>,
+    caller: &Caller,
+    k: Kind,
+    existed: bool,
+    len: i64,
+) -> Result<(), ApiError> {
     if !existed {
-        st.db.add_usage(&account, len).await?;
+        st.db.add_usage(caller.account()?, len).await?;
     }
     if let Some(d) = &caller.device_id {
         st.db
@@ -312,35 +335,11 @@ async fn store_object(
     name: String,
     body: Bytes,
 ) -> Result<(), ApiError> {
-    let account = caller.account()?.to_string();
-    let acct = st
-        .db
-        .account(&account)
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
+    let store = st.store(caller.account()?)?;
     let len = body.len() as i64;
-    let store = st.store(&account)?;
-    let (s, n) = (store.clone(), name.clone());
-    let existed = blocking(move || s.size(k, &n)).await?.is_some();
-    if !existed && acct.used_bytes + len > acct.quota_bytes {
-        return Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!(
-                "quota exceeded: {} of {} bytes used",
-                acct.used_bytes, acct.quota_bytes
-            ),
-        ));
-    }
+    let existed = admit(st, caller, store.clone(), k, &name, len).await?;
     blocking(move || store.put(k, &name, &body)).await?;
-    if !existed {
-        st.db.add_usage(&account, len).await?;
-    }
-    if let Some(d) = &caller.device_id {
-        st.db
-            .device_seen(d, crate::admin::now(), k == Kind::Snapshots)
-            .await?;
-    }
-    Ok(())
+    stored(st, caller, k, existed, len).await
 }
 
 /// `DELETE /v1/repo/{kind}/{name}`.
